@@ -1,0 +1,7 @@
+"""lmforge: Lightning + Hydra recipes for pretraining, fine-tuning and distilling language models."""
+
+from lmforge.utils.resolvers import register_resolvers
+
+__version__ = "0.1.0"
+
+register_resolvers()

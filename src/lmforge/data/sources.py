@@ -1,0 +1,161 @@
+"""Where examples come from: local files in the formats people actually write, and hub datasets.
+
+Every reader returns a list of row dicts, so every task goes through the same code path after
+loading. Errors name the file, the line (and column where the parser knows it), the value and what
+was expected.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from lmforge.utils.errors import DataError
+
+TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+                 ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+def infer_format(path: str | Path) -> str:
+    """The table format of ``path`` from its extension (``.gz`` etc. are not handled)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in TABLE_FORMATS:
+        raise DataError(
+            f"{path}: cannot infer the file format from the extension '{suffix or '(none)'}'; "
+            f"expected one of {', '.join(sorted(TABLE_FORMATS))}"
+        )
+    return TABLE_FORMATS[suffix]
+
+
+def check_exists(path: str | Path, key: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        hint = " (it is a directory)" if p.is_dir() else ""
+        raise FileNotFoundError(f"{key}={path}: file not found{hint} (looked at {p.resolve()})")
+    return p
+
+
+def _read_delimited(path: Path, delimiter: str, quoting: int) -> list[dict]:
+    rows: list[dict] = []
+    # utf-8-sig drops the byte-order mark that spreadsheet programs put in front of the header
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter, quoting=quoting, strict=quoting != csv.QUOTE_NONE)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(f"{path}: the file is empty (expected a header line)") from None
+        header = [h.strip() for h in header]
+        if len(set(header)) != len(header):
+            dup = sorted({h for h in header if header.count(h) > 1})
+            raise DataError(f"{path}:1: duplicate column names {dup} in the header")
+        try:
+            for fields in reader:
+                if not fields or (len(fields) == 1 and not fields[0].strip()):
+                    continue  # blank line
+                if len(fields) != len(header):
+                    raise DataError(
+                        f"{path}:{reader.line_num}: expected {len(header)} fields "
+                        f"({', '.join(header)}) separated by {delimiter!r}, found {len(fields)}"
+                    )
+                rows.append(dict(zip(header, fields)))
+        except csv.Error as e:
+            raise DataError(f"{path}:{reader.line_num}: malformed {'CSV' if delimiter == ',' else 'TSV'}: {e}") from e
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows: list[dict] = []
+    with open(path, encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"{path}:{lineno}:{e.colno}: malformed JSON line ({e.msg}); "
+                    f"expected one JSON object per line, got {line.strip()[:80]!r}"
+                ) from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def _read_json(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # a .json file that holds JSON lines, as many exports do
+            return _read_jsonl(path)
+        raise DataError(f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg})") from None
+    if isinstance(obj, dict):  # {"data": [...]} / {"train": [...]} / column-oriented {"text": [...], ...}
+        lists = {k: v for k, v in obj.items() if isinstance(v, list)}
+        if len(lists) == 1 and all(isinstance(r, dict) for r in next(iter(lists.values()))):
+            obj = next(iter(lists.values()))
+        elif lists and len(lists) == len(obj) and len({len(v) for v in lists.values()}) == 1:
+            keys = list(lists)
+            obj = [dict(zip(keys, vals)) for vals in zip(*lists.values())]
+    if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
+        raise DataError(
+            f"{path}: expected a list of records, a {{'data': [records]}} object, or column lists; "
+            f"got {type(obj).__name__}"
+        )
+    return obj
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises several types for damaged files
+        raise DataError(f"{path}: cannot read as parquet: {e}") from e
+
+
+def read_table(path: str | Path, key: str = "file", tsv_quoting: str = "none") -> list[dict]:
+    """Read a csv/tsv/jsonl/json/parquet file into row dicts.
+
+    ``tsv_quoting='none'`` reads TSV the way GLUE and most research TSVs are written: split on tabs
+    only, quotes are ordinary characters. ``'minimal'`` reads TSV written by pandas/csv writers,
+    where fields holding tabs or quotes are quoted.
+    """
+    p = check_exists(path, key)
+    fmt = infer_format(p)
+    if fmt == "csv":
+        return _read_delimited(p, ",", csv.QUOTE_MINIMAL)
+    if fmt == "tsv":
+        if tsv_quoting not in ("none", "minimal"):
+            raise DataError(f"data.tsv_quoting={tsv_quoting}: expected 'none' or 'minimal'")
+        return _read_delimited(p, "\t", csv.QUOTE_NONE if tsv_quoting == "none" else csv.QUOTE_MINIMAL)
+    if fmt == "jsonl":
+        return _read_jsonl(p)
+    if fmt == "json":
+        return _read_json(p)
+    return _read_parquet(p)
+
+
+def load_hub(name: str, config_name: str | None = None, revision: str | None = None,
+             **kwargs: Any) -> dict[str, list[dict]]:
+    """Load a dataset from the Hugging Face Hub with ``datasets.load_dataset``; split -> rows."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, config_name, revision=revision, **kwargs)
+    except Exception as e:
+        offline = any(w in f"{type(e).__name__} {e}".lower() for w in
+                      ("offline", "connection", "resolve", "network", "couldn't reach", "max retries", "timed out",
+                       "not find", "doesn't exist", "cannot find"))
+        why = ("the Hugging Face Hub cannot be reached (offline, or HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set) "
+               "and the dataset is not in the local datasets cache" if offline else f"{type(e).__name__}: {e}")
+        raise DataError(
+            f"data.hub_name={name}: could not load the hub dataset: {why}. "
+            f"Use data=local with data.train_file=... to train on files on disk. (datasets said: {e})"
+        ) from e
+    return {split: ds[split].to_list() for split in ds}

@@ -1,0 +1,125 @@
+"""Backbones from config: a pretrained checkpoint, or a family + size preset initialised at random.
+
+``model`` config keys (see ``configs/model/``):
+  family            bert | roberta | gpt2 | llama | t5 | bart (decides the HF config class)
+  name_or_path      hub id or local folder to load pretrained weights from; null = random init
+  tokenizer         hub id or local folder of the tokenizer (defaults to name_or_path)
+  size              {num_layers, hidden_size, num_heads, intermediate_size} for random init
+  max_position_embeddings, config_overrides, attn_implementation
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig, PretrainedConfig
+
+from lmforge.utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# generic size keys -> each family's HF config field names
+FAMILY_FIELDS: dict[str, dict[str, str]] = {
+    "bert": dict(num_layers="num_hidden_layers", hidden_size="hidden_size", num_heads="num_attention_heads",
+                 intermediate_size="intermediate_size", max_position_embeddings="max_position_embeddings"),
+    "roberta": dict(num_layers="num_hidden_layers", hidden_size="hidden_size", num_heads="num_attention_heads",
+                    intermediate_size="intermediate_size", max_position_embeddings="max_position_embeddings"),
+    "gpt2": dict(num_layers="n_layer", hidden_size="n_embd", num_heads="n_head",
+                 intermediate_size="n_inner", max_position_embeddings="n_positions"),
+    "llama": dict(num_layers="num_hidden_layers", hidden_size="hidden_size", num_heads="num_attention_heads",
+                  intermediate_size="intermediate_size", max_position_embeddings="max_position_embeddings"),
+    "t5": dict(num_layers="num_layers", hidden_size="d_model", num_heads="num_heads",
+               intermediate_size="d_ff"),
+    "bart": dict(num_layers="encoder_layers", hidden_size="d_model", num_heads="encoder_attention_heads",
+                 intermediate_size="encoder_ffn_dim", max_position_embeddings="max_position_embeddings"),
+}
+MODEL_TYPE = {"bert": "bert", "roberta": "roberta", "gpt2": "gpt2", "llama": "llama", "t5": "t5", "bart": "bart"}
+
+
+def _plain(cfg: Any) -> dict:
+    if cfg is None:
+        return {}
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)
+
+
+def is_pretrained(model_cfg: Mapping) -> bool:
+    return bool(model_cfg.get("name_or_path")) and model_cfg.get("pretrained", True)
+
+
+def tokenizer_source(model_cfg: Mapping) -> str:
+    src = model_cfg.get("tokenizer") or model_cfg.get("name_or_path")
+    if not src:
+        raise ConfigError(
+            f"model={model_cfg.get('family')}: no tokenizer; set model.tokenizer=<hub id or folder> "
+            "(or model.name_or_path for a pretrained model)"
+        )
+    return str(src)
+
+
+def build_hf_config(model_cfg: Mapping, **facts: Any) -> PretrainedConfig:
+    """The HF config for ``model_cfg``: loaded from the checkpoint, or built from family + size.
+
+    ``facts`` are what the data knows (num_labels, id2label, vocab_size, pad_token_id, ...).
+    """
+    model_cfg = _plain(model_cfg)
+    overrides = _plain(model_cfg.get("config_overrides"))
+    if is_pretrained(model_cfg):
+        config = AutoConfig.from_pretrained(model_cfg["name_or_path"], **overrides)
+    else:
+        family = model_cfg.get("family")
+        if family not in FAMILY_FIELDS:
+            raise ConfigError(f"model.family={family}: expected one of {', '.join(FAMILY_FIELDS)}")
+        size = _plain(model_cfg.get("size"))
+        if not size:
+            raise ConfigError(f"model={family} with model.name_or_path=null needs a size: add model/size=tiny|small|base|large")
+        fields = FAMILY_FIELDS[family]
+        values = {**size, "max_position_embeddings": model_cfg.get("max_position_embeddings")}
+        kwargs = {fields[k]: v for k, v in values.items() if k in fields and v is not None}
+        if family == "bart":  # decoder mirrors encoder
+            kwargs.update(decoder_layers=kwargs["encoder_layers"], decoder_attention_heads=kwargs["encoder_attention_heads"],
+                          decoder_ffn_dim=kwargs["encoder_ffn_dim"])
+        if family == "t5":
+            kwargs.setdefault("d_kv", kwargs["d_model"] // kwargs["num_heads"])
+        config = AutoConfig.for_model(MODEL_TYPE[family], **kwargs, **overrides)
+    for k, v in facts.items():
+        if v is not None:
+            setattr(config, k, v)
+    if facts.get("id2label"):  # keep the two label maps consistent (and int-keyed)
+        config.id2label = {int(i): str(n) for i, n in facts["id2label"].items()}
+        config.label2id = {n: i for i, n in config.id2label.items()}
+    return config
+
+
+def build_model(auto_cls: Any, model_cfg: Mapping, **facts: Any) -> torch.nn.Module:
+    """Instantiate ``auto_cls`` (an ``AutoModelFor...``) from ``model_cfg``, pretrained or at random."""
+    model_cfg = _plain(model_cfg)
+    config = build_hf_config(model_cfg, **facts)
+    attn = model_cfg.get("attn_implementation") or "sdpa"
+    if is_pretrained(model_cfg):
+        model = auto_cls.from_pretrained(model_cfg["name_or_path"], config=config, attn_implementation=attn)
+    else:
+        model = auto_cls.from_config(config, attn_implementation=attn)
+    counts = parameter_counts(model)
+    log.info("model %s: %s parameters (%s non-embedding)", type(model).__name__,
+             f"{counts['total']:,}", f"{counts['non_embedding']:,}")
+    return model
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    """Total and non-embedding parameters (token + position embeddings excluded; tied weights once)."""
+    seen: set[int] = set()
+    total = emb = 0
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            total += p.numel()
+            if isinstance(module, torch.nn.Embedding):
+                emb += p.numel()
+    return {"total": total, "non_embedding": total - emb}

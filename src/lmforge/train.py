@@ -1,0 +1,179 @@
+"""``train(cfg) -> metrics``: the library function behind ``train.py`` and ``lmforge-train``.
+
+Order matters and is chosen so that bad input fails before expensive work: config checks, then the
+data is read, checked and tokenized (cached), and only then is the model loaded and trained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from lmforge.utils.checks import check_config
+from lmforge.utils.rich_utils import print_config_tree
+
+log = logging.getLogger(__name__)
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    from lmforge.models.factory import tokenizer_source
+
+    return hydra.utils.instantiate(cfg.task.datamodule, **cfg.data, tokenizer=tokenizer_source(cfg.model),
+                                   seed=cfg.seed, _convert_="object")
+
+
+def build_module(cfg: DictConfig) -> L.LightningModule:
+    extra = {k: v for k, v in cfg.task.items() if k in ("problem_type",)}
+    return hydra.utils.instantiate(cfg.task.module, model=cfg.model, optimizer=cfg.optimizer,
+                                   scheduler=cfg.scheduler, **extra, _recursive_=False)
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    out = []
+    for name, cb in (cfg.get("callbacks") or {}).items():
+        if cb is not None and "_target_" in cb:
+            out.append(hydra.utils.instantiate(cb))
+    return out
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    out = []
+    for name, lg in (cfg.get("logger") or {}).items():
+        if lg is not None and "_target_" in lg:
+            out.append(hydra.utils.instantiate(lg))
+    return out
+
+
+def build_strategy(cfg: DictConfig) -> Any:
+    s = cfg.get("strategy")
+    if s is None:
+        return "auto"
+    if "_target_" in s:
+        return hydra.utils.instantiate(s)
+    return s.get("name", "auto")
+
+
+def build_trainer(cfg: DictConfig, callbacks: list | None = None, loggers: list | None = None) -> L.Trainer:
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks if callbacks is not None else build_callbacks(cfg),
+                                   logger=loggers if loggers is not None else (build_loggers(cfg) or False),
+                                   strategy=build_strategy(cfg), _convert_="object")
+
+
+def _floats(metrics: dict) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            out[k] = float(v)
+        elif isinstance(v, (int, float)):
+            out[k] = float(v)
+    return out
+
+
+def _checkpoint_callback(trainer: L.Trainer):
+    return getattr(trainer, "checkpoint_callback", None)
+
+
+@rank_zero_only
+def _save_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=str))
+
+
+def prepare_run(cfg: DictConfig) -> Path:
+    """Print the config, seed everything, write the resolved config into the run directory."""
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.get("extras", {}).get("ignore_warnings"):
+        import warnings
+
+        warnings.filterwarnings("ignore")
+    if cfg.get("extras", {}).get("print_config", True):
+        print_config_tree(cfg, save_to=out / "config_tree.log")
+    if rank_zero_only.rank == 0:
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    L.seed_everything(cfg.seed, workers=True)
+    return out
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, test, export and predict as ``cfg`` says; returns the final metrics."""
+    t0 = time.time()
+    check_config(cfg)
+    out = prepare_run(cfg)
+
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()  # read + check + tokenize (or cache hit) before any model is loaded
+    module = build_module(cfg)
+    callbacks, loggers = build_callbacks(cfg), build_loggers(cfg)
+    trainer = build_trainer(cfg, callbacks, loggers)
+
+    metrics: dict[str, float] = {}
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics.update(_floats(trainer.callback_metrics))
+    else:
+        trainer.strategy.connect(module)
+
+    ckpt_cb = _checkpoint_callback(trainer)
+    best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
+    if cfg.get("test", True):
+        if best is None and not cfg.get("train", True):
+            log.warning("no checkpoint to test: testing the model as built")
+        trainer.test(module, datamodule=datamodule, ckpt_path=best if best else None)
+        metrics.update(_floats({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
+    elif best:
+        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+
+    if module.model is not None:
+        counts = module.parameter_counts()
+        metrics.update({"params/total": float(counts["total"]), "params/non_embedding": float(counts["non_embedding"])})
+
+    if cfg.get("export", True) and trainer.is_global_zero and module.model is not None:
+        folder = module.export(out / "export", tokenizer=getattr(datamodule, "tokenizer", None))
+        log.info("exported a Hugging Face model to %s", folder)
+
+    texts = list(cfg.get("predict", {}).get("texts") or [])
+    if texts and trainer.is_global_zero and hasattr(module, "predict_texts"):
+        preds = module.predict_texts(datamodule, texts)
+        print_predictions(preds)
+        _save_json(out / "predictions.json", preds)
+
+    metrics["time/total_sec"] = time.time() - t0
+    if best:
+        metrics_best = {"best_checkpoint": best}
+    else:
+        metrics_best = {}
+    _save_json(out / "metrics.json", {**metrics, **metrics_best})
+    return metrics
+
+
+@rank_zero_only
+def print_predictions(preds: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="predictions on new text")
+    table.add_column("text")
+    table.add_column("label")
+    table.add_column("score", justify="right")
+    for p in preds:
+        table.add_row(p["text"], str(p["label"]), f"{p['score']:.3f}")
+    Console().print(table)
+
+
+def metric_value(metrics: dict[str, float], name: str | None) -> float | None:
+    """The value a sweep optimizes (``optimized_metric``); NaN when the run did not produce it."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric={name} was not logged; logged: {', '.join(sorted(metrics))}")
+    return metrics[name]
