@@ -103,6 +103,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         with open_dict(run_cfg):
             run_cfg.data.label_names = [facts["id2label"][i] for i in sorted(facts["id2label"])]
 
+    with open_dict(run_cfg):
+        run_cfg.model.pretrained = False  # the architecture from the run; the weights come from the checkpoint
     datamodule = build_datamodule(run_cfg)
     module = build_module(run_cfg)
     module.fixed_facts = facts

@@ -68,7 +68,7 @@ def build_hf_config(model_cfg: Mapping, **facts: Any) -> PretrainedConfig:
     """
     model_cfg = _plain(model_cfg)
     overrides = _plain(model_cfg.get("config_overrides"))
-    if is_pretrained(model_cfg):
+    if model_cfg.get("name_or_path"):  # the checkpoint's architecture (its weights only if pretrained)
         config = AutoConfig.from_pretrained(model_cfg["name_or_path"], **overrides)
     else:
         family = model_cfg.get("family")

@@ -1,0 +1,128 @@
+"""Plain-text corpora: find the files, stream documents out of them, carve a validation split.
+
+A corpus is one or more UTF-8 text files. How a file is cut into documents is set by
+``doc_separator``:
+
+* ``"blank_line"``: documents are separated by one or more blank (empty or whitespace-only)
+  lines, the way wikitext-style dumps and most prose corpora are written;
+* ``"line"``: one document per line;
+* ``"file"``: each file is one document.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+DOC_SEPARATORS = ("blank_line", "line", "file")
+_BOM = b"\xef\xbb\xbf"
+
+
+def resolve_text_files(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Expand paths and globs (``corpus/*.txt``, ``corpus/**/*.txt``) into a sorted, de-duplicated file list."""
+    specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    if not specs:
+        raise ValueError("no text files given: the file list is empty; pass a path or a glob such as 'corpus/*.txt'")
+    found: set[Path] = set()
+    for item in specs:
+        pattern = os.path.expanduser(str(item))
+        if glob.has_magic(pattern):
+            matches = [Path(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+            if not matches:
+                raise FileNotFoundError(f"no files match the glob pattern {str(item)!r}")
+            found.update(p.resolve() for p in matches)
+        else:
+            path = Path(pattern)
+            if path.is_dir():
+                hint = str(Path(str(item)) / "*.txt")
+                raise FileNotFoundError(f"{str(item)!r} is a directory, not a text file; use a glob such as {hint!r}")
+            if not path.is_file():
+                raise FileNotFoundError(f"text file not found: {str(item)!r}")
+            found.add(path.resolve())
+    return sorted(found)
+
+
+def _decode(raw: bytes, path: Path, offset: int) -> str:
+    """Strict UTF-8 decode; a bad byte raises ValueError naming the file and the absolute byte offset."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not valid UTF-8 at byte offset {offset + e.start} ({e.reason}); "
+            "re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+        ) from None
+
+
+def _lines(path: Path) -> Iterator[str]:
+    """Stream the lines of one file, decoded, without their line ending."""
+    with open(path, "rb") as f:
+        offset = 0
+        for raw in f:  # splitting bytes on b"\n" is safe: no UTF-8 multi-byte sequence contains 0x0A
+            start = offset
+            offset += len(raw)
+            if start == 0 and raw.startswith(_BOM):
+                raw, start = raw[len(_BOM):], len(_BOM)
+            yield _decode(raw, path, start).rstrip("\r\n")
+
+
+def read_documents(files: Sequence[str | os.PathLike], doc_separator: str = "blank_line") -> Iterator[str]:
+    """Yield the documents of ``files`` in order, skipping whitespace-only ones.
+
+    ``"line"`` and ``"blank_line"`` stream line by line; ``"file"`` reads one whole file at a time.
+    Line-based documents come without their trailing newline; lines inside a ``"blank_line"``
+    document are joined with ``"\\n"``.
+    """
+    if doc_separator not in DOC_SEPARATORS:
+        raise ValueError(f"doc_separator={doc_separator!r} is not one of {list(DOC_SEPARATORS)}")
+    for file in files:
+        path = Path(file)
+        if doc_separator == "file":
+            raw = path.read_bytes()
+            skip = len(_BOM) if raw.startswith(_BOM) else 0
+            text = _decode(raw[skip:], path, skip)
+            if text.strip():
+                yield text
+        elif doc_separator == "line":
+            for line in _lines(path):
+                if line.strip():
+                    yield line
+        else:
+            doc: list[str] = []
+            for line in _lines(path):
+                if line.strip():
+                    doc.append(line)
+                elif doc:
+                    yield "\n".join(doc)
+                    doc = []
+            if doc:  # a document never spans two files
+                yield "\n".join(doc)
+
+
+def split_train_validation(
+    docs: Sequence, validation_fraction: float, seed: int, files: Sequence | None = None
+) -> tuple[list, list]:
+    """Deterministically move ``round(n * validation_fraction)`` documents (at least 1) into a validation split.
+
+    Both splits keep the corpus order. The same ``docs``, fraction and seed always give the same split.
+    ``files`` is only used to name the corpus in error messages.
+    """
+    n = len(docs)
+    if n == 0:
+        raise ValueError(f"empty corpus: {[str(f) for f in files] if files is not None else 'no documents'}")
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction={validation_fraction} must be in [0, 1)")
+    if validation_fraction == 0.0:
+        return list(docs), []
+    if n == 1:
+        raise ValueError(
+            "the corpus has only 1 document, so no validation split can be carved out of it; "
+            "use a finer doc_separator ('blank_line' or 'line'), add documents, or set validation_fraction=0"
+        )
+    n_val = min(max(1, round(n * validation_fraction)), n - 1)
+    val_idx = set(random.Random(seed).sample(range(n), n_val))
+    train = [d for i, d in enumerate(docs) if i not in val_idx]
+    val = [d for i, d in enumerate(docs) if i in val_idx]
+    return train, val

@@ -1,0 +1,142 @@
+"""Train a tokenizer on a corpus with the ``tokenizers`` library, and cache it by its inputs.
+
+* ``kind="bpe"``: GPT-2 style byte-level BPE for decoders. One special token, ``<|endoftext|>``,
+  serves as eos (the packer puts it between documents), bos, unk (never produced: every byte is in
+  the vocabulary) and pad. No post-processor: encoding adds no special tokens.
+* ``kind="wordpiece"``: BERT style WordPiece for encoders, ``##`` continuation, specials
+  ``[PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4``; encoding adds ``[CLS] ... [SEP]``
+  (``[CLS] a [SEP] b [SEP]`` for pairs).
+
+Both are saved with ``save_pretrained`` so ``AutoTokenizer.from_pretrained(output_dir)`` reloads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+from lmforge.data.text_corpus import read_documents
+
+CACHE_VERSION = "1"  # bump when training changes in a way that should invalidate cached tokenizers
+EOS = "<|endoftext|>"
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+KINDS = ("bpe", "wordpiece")
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    kind: str,
+    vocab_size: int,
+    output_dir: str | os.PathLike | None = None,
+    min_frequency: int = 2,
+    lowercase: bool = False,
+    model_max_length: int = 1024,
+) -> PreTrainedTokenizerFast:
+    """Train a ``kind`` tokenizer of at most ``vocab_size`` tokens (specials included) on ``texts``.
+
+    Small corpora may give fewer tokens than asked for. Saved to ``output_dir`` when given.
+    """
+    if kind == "bpe":
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        if vocab_size < len(alphabet) + 1:
+            raise ValueError(f"vocab_size={vocab_size} is too small for byte-level BPE: use >= {len(alphabet) + 1}")
+        tok = Tokenizer(models.BPE())
+        if lowercase:
+            tok.normalizer = normalizers.Lowercase()
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=[EOS],
+            initial_alphabet=alphabet,
+            show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+        specials = dict(bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS)
+    elif kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token=UNK, continuing_subword_prefix="##"))
+        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=lowercase)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##")
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=[PAD, UNK, CLS, SEP, MASK],
+            continuing_subword_prefix="##",
+            show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+        cls_id, sep_id = tok.token_to_id(CLS), tok.token_to_id(SEP)
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1", special_tokens=[(CLS, cls_id), (SEP, sep_id)]
+        )
+        specials = dict(pad_token=PAD, unk_token=UNK, cls_token=CLS, sep_token=SEP, mask_token=MASK)
+        specials["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
+    else:
+        raise ValueError(f"kind={kind!r} is not one of {list(KINDS)}")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, model_max_length=model_max_length, clean_up_tokenization_spaces=False, **specials
+    )
+    if output_dir is not None:
+        tokenizer.save_pretrained(str(output_dir))
+    return tokenizer
+
+
+def cache_key(
+    files: Sequence[str | os.PathLike], kind: str, vocab_size: int, **options: object
+) -> str:
+    """Hash of what determines a trained tokenizer: each file's path, size and mtime, and the options."""
+    stats = [(str(Path(f).resolve()), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    blob = json.dumps(
+        {"version": CACHE_VERSION, "files": stats, "kind": kind, "vocab_size": vocab_size, **options}, sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cached_tokenizer(
+    files: Sequence[str | os.PathLike],
+    kind: str,
+    vocab_size: int,
+    cache_root: str | os.PathLike,
+    min_frequency: int = 2,
+    lowercase: bool = False,
+    model_max_length: int = 1024,
+    doc_separator: str = "blank_line",
+) -> PreTrainedTokenizerFast:
+    """Load the tokenizer trained on ``files`` with these settings from ``cache_root``, training it on a miss.
+
+    The entry is keyed by the files (path, size, mtime), every option and :data:`CACHE_VERSION`.
+    It is written to a temporary folder and renamed into place, so a half-written entry is never
+    loaded and concurrent processes cannot corrupt it (the first rename wins).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not one of {list(KINDS)}")
+    options = dict(
+        min_frequency=min_frequency, lowercase=lowercase, model_max_length=model_max_length, doc_separator=doc_separator
+    )
+    entry = Path(cache_root) / f"{kind}-{vocab_size}-{cache_key(files, kind, vocab_size, **options)}"
+    if not entry.is_dir():
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+        try:
+            docs = read_documents([Path(f) for f in files], doc_separator)
+            train_tokenizer(docs, kind, vocab_size, tmp, min_frequency, lowercase, model_max_length)
+            info = {"files": [str(f) for f in files], "kind": kind, "vocab_size": vocab_size, **options}
+            (tmp / "lmforge_cache.json").write_text(json.dumps(info, indent=2))
+            try:
+                os.rename(tmp, entry)
+            except OSError:  # another process finished first; its entry is equivalent
+                if not entry.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return PreTrainedTokenizerFast.from_pretrained(str(entry))
