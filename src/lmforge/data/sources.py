@@ -18,6 +18,11 @@ from lmforge.utils.errors import DataError
 TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
                  ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
 
+# every row remembers where it came from (line number, or record number for json/parquet),
+# so errors found after shuffling or sampling still point at the right place
+LINE = "__line__"
+RECORD = "__record__"
+
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
@@ -62,7 +67,9 @@ def _read_delimited(path: Path, delimiter: str, quoting: int) -> list[dict]:
                         f"{path}:{reader.line_num}: expected {len(header)} fields "
                         f"({', '.join(header)}) separated by {delimiter!r}, found {len(fields)}"
                     )
-                rows.append(dict(zip(header, fields)))
+                row = dict(zip(header, fields))
+                row[LINE] = reader.line_num
+                rows.append(row)
         except csv.Error as e:
             raise DataError(f"{path}:{reader.line_num}: malformed {'CSV' if delimiter == ',' else 'TSV'}: {e}") from e
     return rows
@@ -83,6 +90,7 @@ def _read_jsonl(path: Path) -> list[dict]:
                 ) from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+            row[LINE] = lineno
             rows.append(row)
     return rows
 
@@ -107,14 +115,14 @@ def _read_json(path: Path) -> list[dict]:
             f"{path}: expected a list of records, a {{'data': [records]}} object, or column lists; "
             f"got {type(obj).__name__}"
         )
-    return obj
+    return [{**r, RECORD: i} for i, r in enumerate(obj, 1)]
 
 
 def _read_parquet(path: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(path).to_pylist()
+        return [{**r, RECORD: i} for i, r in enumerate(pq.read_table(path).to_pylist(), 1)]
     except Exception as e:  # pyarrow raises several types for damaged files
         raise DataError(f"{path}: cannot read as parquet: {e}") from e
 
@@ -158,4 +166,17 @@ def load_hub(name: str, config_name: str | None = None, revision: str | None = N
             f"data.hub_name={name}: could not load the hub dataset: {why}. "
             f"Use data=local with data.train_file=... to train on files on disk. (datasets said: {e})"
         ) from e
-    return {split: ds[split].to_list() for split in ds}
+    return {split: [{**r, RECORD: i} for i, r in enumerate(ds[split].to_list(), 1)] for split in ds}
+
+
+def where(origin: str, row: dict) -> str:
+    """``file:line`` (or ``file record N``) of a row, for error messages."""
+    if LINE in row:
+        return f"{origin}:{row[LINE]}"
+    if RECORD in row:
+        return f"{origin} record {row[RECORD]}"
+    return origin
+
+
+def columns_of(row: dict) -> list[str]:
+    return [k for k in row if k not in (LINE, RECORD)]

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from lmforge.data.cache import TokenCache, cache_key, file_fingerprint, tokenizer_fingerprint
 from lmforge.data.collate import PadCollator
 from lmforge.data.samplers import LengthGroupedSampler
-from lmforge.data.sources import load_hub, read_table
+from lmforge.data.sources import columns_of, load_hub, read_table, where
 from lmforge.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -186,8 +186,9 @@ class TextClassificationDataModule(L.LightningDataModule):
             if len(rows) < 2:
                 raise DataError(f"{origin['train']}: {len(rows)} row(s); need at least 2 to carve out a validation split")
             raw["validation"], raw["train"] = rows[:n_val], rows[n_val:]
-            origin["validation"] = f"{origin['train']} (validation carve-out, {self.validation_fraction:.0%})"
-            log.info("no validation file: using %d rows of the training file for validation", n_val)
+            origin["validation"] = origin["train"]
+            log.info("no validation file: carved %d rows (%.0f%%) out of %s for validation", n_val,
+                     100 * self.validation_fraction, origin["train"])
         if "test" not in raw and "validation" in raw and self.source != "local":
             raw["test"], origin["test"] = raw["validation"], origin["validation"]
         for split, limit in (("train", self.max_train_samples), ("validation", self.max_eval_samples),
@@ -198,7 +199,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         return raw, origin
 
     def _resolve_columns(self, rows: list[dict], where: str) -> dict[str, str | None]:
-        present = list(rows[0].keys())
+        present = columns_of(rows[0])
 
         def pick(role: str, candidates: Sequence[str], required: bool) -> str | None:
             name = self.columns[role]
@@ -228,16 +229,15 @@ class TextClassificationDataModule(L.LightningDataModule):
             missing = [c for c in cols.values() if c and c not in rows[0]]
             if missing:
                 raise DataError(f"{origin[split]}: column(s) {missing} are missing; its columns are: "
-                                f"{', '.join(rows[0].keys())}")
-            for i, row in enumerate(rows):
+                                f"{', '.join(columns_of(rows[0]))}")
+            for row in rows:
                 for role in ("text", "pair"):
                     c = cols[role]
                     if c and (_is_missing(row.get(c)) or not isinstance(row.get(c), str)):
-                        raise DataError(f"{origin[split]}: row {self._row_ref(origin[split], i)}: "
-                                        f"empty or non-text value {row.get(c)!r} in column {c!r}")
+                        raise DataError(f"{where(origin[split], row)}: empty or non-text value {row.get(c)!r} "
+                                        f"in column {c!r}; expected a non-empty string")
                 if _is_missing(row.get(cols["label"])):
-                    raise DataError(f"{origin[split]}: row {self._row_ref(origin[split], i)}: missing label in "
-                                    f"column {cols['label']!r}")
+                    raise DataError(f"{where(origin[split], row)}: missing label in column {cols['label']!r}")
         labels = {s: [r[cols["label"]] for r in rows] for s, rows in raw.items()}
         problem = self.problem_type
         if problem == "auto":
@@ -245,13 +245,14 @@ class TextClassificationDataModule(L.LightningDataModule):
         meta: dict[str, Any] = {"columns": cols, "problem_type": problem, "origin": origin,
                                 "sizes": {s: len(r) for s, r in raw.items()}}
         if problem == "regression":
-            for s, vals in labels.items():
-                for i, v in enumerate(vals):
+            for s, rows in raw.items():
+                for row in rows:
+                    v = row[cols["label"]]
                     try:
                         float(v)
                     except (TypeError, ValueError):
-                        raise DataError(f"{origin[s]}: row {self._row_ref(origin[s], i)}: label {v!r} in column "
-                                        f"{cols['label']!r} is not a number (task.problem_type=regression)") from None
+                        raise DataError(f"{where(origin[s], row)}: label {v!r} in column {cols['label']!r} is not "
+                                        "a number (task.problem_type=regression)") from None
             meta["label_names"] = None
             return meta
         if self.given_label_names:
@@ -260,28 +261,19 @@ class TextClassificationDataModule(L.LightningDataModule):
             train_vals = {self._norm_label(v) for v in labels[first]}
             names = sorted(train_vals, key=lambda x: (not x.lstrip("-").isdigit(), int(x) if x.lstrip("-").isdigit() else 0, x))
         index = {n: i for i, n in enumerate(names)}
-        for s, vals in labels.items():
-            for i, v in enumerate(vals):
+        for s, rows in raw.items():
+            for row in rows:
+                v = row[cols["label"]]
                 if self._label_index(v, index, names) is None:
-                    where = "the training split" if not self.given_label_names else "the model's label set"
+                    known = "the training split" if not self.given_label_names else "data.label_names"
                     raise DataError(
-                        f"{origin[s]}: row {self._row_ref(origin[s], i)}: label {v!r} does not occur in {where}; "
+                        f"{where(origin[s], row)}: label {v!r} does not occur in {known}; "
                         f"known labels: {', '.join(names)}")
         if len(names) < 2:
             raise DataError(f"{origin[first]}: only one label ({names[0]!r}) in column {cols['label']!r}; "
                             "classification needs at least two (or set task.problem_type=regression)")
         meta["label_names"] = names
         return meta
-
-    @staticmethod
-    def _row_ref(origin: str, i: int) -> str:
-        """Human row number: the line number for jsonl/csv/tsv (header counts), else the record index."""
-        suffix = Path(origin.split(" ")[0]).suffix.lower()
-        if suffix in (".csv", ".tsv", ".tab"):
-            return f"{i + 1} (line {i + 2})"
-        if suffix in (".jsonl", ".ndjson"):
-            return f"{i + 1} (line {i + 1})"
-        return str(i + 1)
 
     @staticmethod
     def _norm_label(v: Any) -> str:
