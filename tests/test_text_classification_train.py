@@ -129,7 +129,7 @@ def test_fast_dev_run_with_two_cpu_processes(strategy, tmp_path):
 @pytest.mark.slow
 def test_ddp_matches_a_single_process_at_the_same_global_batch(tmp_path):
     common = [*TINY, "trainer.max_epochs=1", "data.shuffle=false", "data.max_train_samples=512",
-              "model.config_overrides.hidden_dropout_prob=0.0", "model.config_overrides.attention_probs_dropout_prob=0.0",
+              "+model.config_overrides.hidden_dropout_prob=0.0", "+model.config_overrides.attention_probs_dropout_prob=0.0",
               "predict.texts=null", "export=false", "trainer.num_sanity_val_steps=0", f"paths.cache_dir={tmp_path / 'c'}"]
     run_script(["train.py", *common, "data.batch_size=32", f"hydra.run.dir={tmp_path / 'single'}"])
     run_script(["train.py", *common, "data.batch_size=16", "strategy=ddp", "accelerator=cpu", "trainer.devices=2",

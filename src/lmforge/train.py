@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     from lmforge.models.factory import tokenizer_source
 
-    return hydra.utils.instantiate(cfg.task.datamodule, **cfg.data, tokenizer=tokenizer_source(cfg.model),
+    # tasks that can train their own tokenizer (pretraining) accept a model that names none
+    tokenizer = tokenizer_source(cfg.model, required=cfg.task.get("tokenizer_required", True))
+    return hydra.utils.instantiate(cfg.task.datamodule, **cfg.data, tokenizer=tokenizer,
                                    seed=cfg.seed, _convert_="object")
 
 
@@ -59,7 +61,8 @@ def build_strategy(cfg: DictConfig) -> Any:
     if s is None:
         return "auto"
     if "_target_" in s:
-        return hydra.utils.instantiate(s)
+        kwargs = {k: v for k, v in s.items() if k != "name"}  # `name` labels the option, it is no argument
+        return hydra.utils.instantiate(kwargs)
     return s.get("name", "auto")
 
 
@@ -79,6 +82,10 @@ def _floats(metrics: dict) -> dict[str, float]:
     return out
 
 
+def _spawns(trainer: L.Trainer) -> bool:
+    return getattr(trainer.strategy, "_start_method", None) in ("spawn", "fork", "forkserver")
+
+
 def _checkpoint_callback(trainer: L.Trainer):
     return getattr(trainer, "checkpoint_callback", None)
 
@@ -86,6 +93,28 @@ def _checkpoint_callback(trainer: L.Trainer):
 @rank_zero_only
 def _save_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, default=str))
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path``: a checkpoint file, or ``last``: the newest ``last.ckpt`` of this task's earlier runs
+    (``<paths.log_dir>/<task_name>/runs/*/checkpoints/last.ckpt``, this run excluded)."""
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt:
+        return None
+    if str(ckpt) != "last":
+        if not Path(ckpt).expanduser().is_file():
+            raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint file")
+        return str(Path(ckpt).expanduser())
+    runs = Path(cfg.paths.log_dir) / str(cfg.task_name) / "runs"
+    here = Path(cfg.paths.output_dir).resolve()
+    found = [p for p in runs.glob("*/checkpoints/last.ckpt") if p.resolve().parents[1] != here]
+    if not found:
+        raise FileNotFoundError(f"ckpt_path=last: no earlier run of {cfg.task_name} has a checkpoints/last.ckpt under {runs}")
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    log.info("ckpt_path=last: resuming from %s", newest)
+    if rank_zero_only.rank == 0:
+        print(f"resuming from {newest}")
+    return str(newest)
 
 
 def prepare_run(cfg: DictConfig) -> Path:
@@ -109,6 +138,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     t0 = time.time()
     check_config(cfg)
     out = prepare_run(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)  # a missing checkpoint fails before any data is read
 
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()  # read + check + tokenize (or cache hit) before any model is loaded
@@ -116,9 +146,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks, loggers = build_callbacks(cfg), build_loggers(cfg)
     trainer = build_trainer(cfg, callbacks, loggers)
 
+    if _spawns(trainer):
+        # ddp_spawn trains in child processes and hands the weights back to this one: the model must
+        # exist here first, built from the same facts
+        datamodule.setup("fit")
+        module.fixed_facts = datamodule.model_facts()
+        module.configure_model()
+
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics.update(_floats(trainer.callback_metrics))
     else:
         trainer.strategy.connect(module)
