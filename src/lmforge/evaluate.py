@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmforge.data.sources import read_table
+from lmforge.strategies import load_checkpoint_any
 from lmforge.train import _floats, build_datamodule, build_module, print_predictions
 from lmforge.utils.errors import ConfigError, DataError
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 def find_run(cfg: DictConfig) -> tuple[Path, Path]:
     """(run directory, checkpoint file) from ``run=`` and/or ``ckpt_path=``."""
     ckpt = Path(cfg.ckpt_path).expanduser() if cfg.get("ckpt_path") else None
-    if ckpt is not None and not ckpt.is_file():
+    if ckpt is not None and not ckpt.exists():
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     if cfg.get("run"):
         run = Path(cfg.run).expanduser()
@@ -45,9 +46,9 @@ def best_checkpoint(run: Path) -> Path:
     metrics = run / "metrics.json"
     if metrics.is_file():
         best = json.loads(metrics.read_text()).get("best_checkpoint")
-        if best and Path(best).is_file():
+        if best and Path(best).exists():
             return Path(best)
-    ckpts = sorted((run / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    ckpts = sorted((run / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)  # files or FSDP folders
     named = [p for p in ckpts if p.name != "last.ckpt"]
     if named or ckpts:
         return (named or ckpts)[-1]
@@ -97,7 +98,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     log.info("run %s, checkpoint %s", run, ckpt_path)
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint_any(ckpt_path)  # a .ckpt file, or an FSDP2 sharded checkpoint folder
     facts = ckpt.get("model_facts") or {}
     if facts.get("id2label"):
         with open_dict(run_cfg):
@@ -108,6 +109,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(run_cfg)
     module = build_module(run_cfg)
     module.fixed_facts = facts
+    module.configure_model()
+    module.load_state_dict(ckpt["state_dict"])
     metrics: dict[str, Any] = {}
     split = cfg.get("split")
     if split:
@@ -123,7 +126,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                             f"(has {', '.join(datamodule.datasets)}); pass file=<path>")
         # evaluate the requested split through the test loop, so metrics are named test/*
         datamodule.test_dataloader = lambda: datamodule._loader(split, False)  # type: ignore[method-assign]
-        trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path))
+        trainer.test(module, datamodule=datamodule)
         metrics = {k.replace("test/", f"{split}/"): v for k, v in _floats(trainer.callback_metrics).items()}
         metrics["split"] = split
         metrics["source"] = str(cfg.get("file") or split)
@@ -131,9 +134,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.predict.get("file"):
         texts += read_texts(cfg.predict.file, run_cfg.data.get("text_column"))
     if texts:
-        if module.model is None:
-            module.configure_model()
-            module.load_state_dict(ckpt["state_dict"])
         preds = module.predict_texts(datamodule, texts)
         print_predictions(preds)
         dest = Path(cfg.predict.output) if cfg.predict.get("output") else out / "predictions.jsonl"

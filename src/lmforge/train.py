@@ -19,7 +19,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lmforge.loggers import build_loggers, finish_loggers, log_table, start_loggers
+from lmforge.strategies import full_state_dict
 from lmforge.utils.checks import check_config
+from lmforge.utils.distributed import apply_global_batch_size, pin_sweep_job_for_subprocess_launcher
 from lmforge.utils.rich_utils import print_config_tree
 
 log = logging.getLogger(__name__)
@@ -30,14 +33,20 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 
     # tasks that can train their own tokenizer (pretraining) accept a model that names none
     tokenizer = tokenizer_source(cfg.model, required=cfg.task.get("tokenizer_required", True))
-    return hydra.utils.instantiate(cfg.task.datamodule, **cfg.data, tokenizer=tokenizer,
+    data = {k: v for k, v in cfg.data.items() if k not in RUN_DATA_KEYS}
+    return hydra.utils.instantiate(cfg.task.datamodule, **data, tokenizer=tokenizer,
                                    seed=cfg.seed, _convert_="object")
 
 
 def build_module(cfg: DictConfig) -> L.LightningModule:
-    extra = {k: v for k, v in cfg.task.items() if k in ("problem_type",)}
-    return hydra.utils.instantiate(cfg.task.module, model=cfg.model, optimizer=cfg.optimizer,
-                                   scheduler=cfg.scheduler, **extra, _recursive_=False)
+    module = hydra.utils.instantiate(cfg.task.module, model=cfg.model, optimizer=cfg.optimizer,
+                                     scheduler=cfg.scheduler, _recursive_=False)
+    s = cfg.get("strategy") or {}
+    if s.get("name") == "fsdp":
+        module.fsdp_options = {"reshard_after_forward": s.get("reshard_after_forward", True)}
+        if s.get("activation_checkpointing"):
+            module.model_cfg["gradient_checkpointing"] = True
+    return module
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -48,22 +57,25 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return out
 
 
-def build_loggers(cfg: DictConfig) -> list:
-    out = []
-    for name, lg in (cfg.get("logger") or {}).items():
-        if lg is not None and "_target_" in lg:
-            out.append(hydra.utils.instantiate(lg))
-    return out
-
-
 def build_strategy(cfg: DictConfig) -> Any:
     s = cfg.get("strategy")
     if s is None:
         return "auto"
     if "_target_" in s:
-        kwargs = {k: v for k, v in s.items() if k != "name"}  # `name` labels the option, it is no argument
-        return hydra.utils.instantiate(kwargs)
+        # `name` labels the option; the rest of LMFORGE_STRATEGY_KEYS are applied by the module
+        kwargs = {k: v for k, v in s.items() if k not in LMFORGE_STRATEGY_KEYS}
+        if s.get("name") == "fsdp" and kwargs.get("data_parallel_size") == "auto":
+            # Lightning's "auto" means one data-parallel group per node; FSDP2 here shards over all ranks
+            from lmforge.utils.distributed import world_size
+
+            kwargs["data_parallel_size"] = world_size(cfg) // int(kwargs.get("tensor_parallel_size") or 1)
+        return hydra.utils.instantiate(kwargs, _convert_="object")
     return s.get("name", "auto")
+
+
+LMFORGE_STRATEGY_KEYS = ("name", "activation_checkpointing", "reshard_after_forward")
+# data keys that the run consumes itself (not DataModule arguments)
+RUN_DATA_KEYS = ("global_batch_size",)
 
 
 def build_trainer(cfg: DictConfig, callbacks: list | None = None, loggers: list | None = None) -> L.Trainer:
@@ -134,17 +146,48 @@ def prepare_run(cfg: DictConfig) -> Path:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, test, export and predict as ``cfg`` says; returns the final metrics."""
+    """Fit, test, export and predict as ``cfg`` says; returns the final metrics.
+
+    Leaves the process as it found it (environment, process group, W&B run), so the next job of a
+    sweep in this process starts clean.
+    """
+    env_before = dict(os.environ)
+    try:
+        return _train(cfg)
+    finally:
+        end_job(env_before)
+
+
+def end_job(env_before: dict[str, str]) -> None:
+    """Finish the W&B run, leave the process group, restore the environment Lightning's launcher changed."""
+    import sys
+
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for k in set(os.environ) - set(env_before):
+        del os.environ[k]
+    os.environ.update(env_before)
+
+
+def _train(cfg: DictConfig) -> dict[str, float]:
     t0 = time.time()
     check_config(cfg)
+    apply_global_batch_size(cfg)
+    pin_sweep_job_for_subprocess_launcher(cfg)
     out = prepare_run(cfg)
     ckpt_path = resolve_ckpt_path(cfg)  # a missing checkpoint fails before any data is read
 
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()  # read + check + tokenize (or cache hit) before any model is loaded
     module = build_module(cfg)
-    callbacks, loggers = build_callbacks(cfg), build_loggers(cfg)
+    callbacks, loggers = build_callbacks(cfg), build_loggers(cfg, out, resume_from=ckpt_path)
     trainer = build_trainer(cfg, callbacks, loggers)
+    start_loggers(loggers, cfg, out)
 
     if _spawns(trainer):
         # ddp_spawn trains in child processes and hands the weights back to this one: the model must
@@ -167,29 +210,36 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.warning("no checkpoint to test: testing the model as built")
         trainer.test(module, datamodule=datamodule, ckpt_path=best if best else None)
         metrics.update(_floats({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
-    elif best:
+    elif best and Path(best).is_file():
         module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
 
     if module.model is not None:
         counts = module.parameter_counts()
         metrics.update({"params/total": float(counts["total"]), "params/non_embedding": float(counts["non_embedding"])})
 
-    if cfg.get("export", True) and trainer.is_global_zero and module.model is not None:
-        folder = module.export(out / "export", tokenizer=getattr(datamodule, "tokenizer", None))
-        log.info("exported a Hugging Face model to %s", folder)
+    if cfg.get("export", True) and module.model is not None:
+        state = full_state_dict(module.model)  # FSDP2: gathered on every rank (a collective), else None
+        if trainer.is_global_zero:
+            folder = module.export(out / "export", tokenizer=getattr(datamodule, "tokenizer", None), state_dict=state)
+            log.info("exported a Hugging Face model to %s", folder)
 
     texts = list(cfg.get("predict", {}).get("texts") or [])
-    if texts and trainer.is_global_zero and hasattr(module, "predict_texts"):
+    # every rank predicts: with FSDP2 a forward pass is a collective; only rank 0 prints and saves
+    if texts and hasattr(module, "predict_texts"):
         preds = module.predict_texts(datamodule, texts)
         print_predictions(preds)
         _save_json(out / "predictions.json", preds)
+        log_table(trainer, "predictions", ["text", "label", "score"],
+                  [[p["text"], p["label"], p["score"]] for p in preds], out)
 
     metrics["time/total_sec"] = time.time() - t0
+    metrics["world_size"] = float(trainer.world_size)
     if best:
         metrics_best = {"best_checkpoint": best}
     else:
         metrics_best = {}
     _save_json(out / "metrics.json", {**metrics, **metrics_best})
+    finish_loggers(loggers, metrics, cfg.task.get("monitor"), ckpt_cb.best_model_score if ckpt_cb else None)
     return metrics
 
 

@@ -66,6 +66,8 @@ class LMForgeModule(L.LightningModule):
         self.model: torch.nn.Module | None = None
         # facts read back from a checkpoint (eval.py); otherwise they come from the DataModule
         self.fixed_facts: dict | None = None
+        # set by train() for strategy=fsdp
+        self.fsdp_options: dict = {}
 
     # -- model -------------------------------------------------------------------------------
     def model_facts(self) -> dict:
@@ -80,7 +82,11 @@ class LMForgeModule(L.LightningModule):
             self.model = build_model(self.auto_cls, self.model_cfg, **self.model_facts())
             self.model.train()  # from_pretrained returns eval mode; Lightning switches modes per loop
             if self.model_cfg.get("gradient_checkpointing"):
-                self.model.gradient_checkpointing_enable()
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if self.device_mesh is not None:  # ModelParallelStrategy (strategy=fsdp): FSDP2 per block
+                from lmforge.strategies import fully_shard_model
+
+                fully_shard_model(self.model, self.device_mesh, **self.fsdp_options)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["model_facts"] = self.model_facts()

@@ -36,9 +36,22 @@ def check_config(cfg: DictConfig) -> None:
                           "use precision=16-mixed or 32")
     if acc == "gpu" and precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"precision={precision}: this GPU has no bfloat16 support (pre-Ampere); use precision=16-mixed")
+    strategy = str((cfg.get("strategy") or {}).get("name", "auto"))
+    if strategy in ("fsdp1", "deepspeed") and acc != "gpu":
+        instead = "strategy=fsdp (FSDP2, runs on CPU with gloo) or strategy=ddp"
+        raise ConfigError(f"strategy={strategy} needs CUDA GPUs (accelerator={acc} here): "
+                          f"{'Lightning FSDPStrategy refuses CPUs' if strategy == 'fsdp1' else 'DeepSpeed is GPU-only'}; "
+                          f"use {instead}")
+    if strategy == "deepspeed":
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ConfigError("strategy=deepspeed needs the deepspeed package: pip install deepspeed")
+    if strategy == "fsdp" and precision == "16-mixed":
+        raise ConfigError("precision=16-mixed with strategy=fsdp: FSDP2 has no fp16 gradient scaler here; "
+                          "use precision=bf16-mixed or bf16-true")
     devices = trainer.get("devices", "auto")
     if acc == "cpu" and isinstance(devices, int) and devices > 1:
-        name = str(cfg.get("strategy", {}).get("name", "auto"))
-        if name in ("auto", "single_device"):
+        if strategy in ("auto", "single_device"):
             raise ConfigError(f"trainer.devices={devices} on CPU needs a multi-process strategy: "
                               "add strategy=ddp (or ddp_spawn)")

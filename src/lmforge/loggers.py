@@ -1,0 +1,124 @@
+"""Loggers from config, with what a dashboard needs filled in: W&B runs named from the job's
+overrides, grouped by sweep, tagged, carrying the resolved config and the best metric, resumable
+(the run id lives in the run directory), and tables of text samples on every logger that can show them."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import hydra
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+WANDB_ID_FILE = "wandb_id.txt"
+
+
+def _hydra_info() -> dict[str, Any]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized():
+            return {}
+        hc = HydraConfig.get()
+        return {"multirun": hc.mode == RunMode.MULTIRUN, "overrides": hc.job.override_dirname,
+                "sweep_dir": hc.sweep.dir, "job_num": hc.job.get("num")}
+    except Exception:  # pragma: no cover - hydra internals vary; names are a convenience
+        return {}
+
+
+def wandb_settings(cfg: DictConfig, lg: DictConfig, out: Path, resume_from: str | None) -> DictConfig:
+    """Fill name/group/tags/id of a WandbLogger config that left them null."""
+    info = _hydra_info()
+    lg = lg.copy()
+    with open_dict(lg):
+        if not lg.get("name"):
+            lg.name = info.get("overrides") or out.name
+        if not lg.get("group"):
+            lg.group = (f"{cfg.task_name}/{Path(info['sweep_dir']).name}" if info.get("multirun")
+                        else str(cfg.task_name))
+        tags = list(lg.get("tags") or [])
+        model = cfg.model.get("family") or Path(str(cfg.model.get("name_or_path") or "model")).name
+        for t in (str(cfg.task_name), f"model:{model}", f"strategy:{cfg.strategy.get('name', 'auto')}",
+                  "sweep" if info.get("multirun") else "single"):
+            if t not in tags:
+                tags.append(t)
+        lg.tags = tags
+        previous = _previous_wandb_id(resume_from)
+        if previous and not lg.get("id"):
+            lg.id = previous
+            lg.resume = "allow"
+            log.info("resuming W&B run %s (from %s)", previous, resume_from)
+    return lg
+
+
+def _previous_wandb_id(ckpt_path: str | None) -> str | None:
+    if not ckpt_path:
+        return None
+    p = Path(ckpt_path).resolve()
+    for parent in (p.parent.parent, p.parent):  # <run>/checkpoints/<ckpt>
+        f = parent / WANDB_ID_FILE
+        if f.is_file():
+            return f.read_text().strip()
+    return None
+
+
+def build_loggers(cfg: DictConfig, out: Path | None = None, resume_from: str | None = None) -> list:
+    out = Path(out or cfg.paths.output_dir)
+    loggers = []
+    for name, lg in (cfg.get("logger") or {}).items():
+        if lg is None or "_target_" not in lg:
+            continue
+        if "WandbLogger" in str(lg._target_):
+            lg = wandb_settings(cfg, lg, out, resume_from)
+        loggers.append(hydra.utils.instantiate(lg, _convert_="object"))
+    return loggers
+
+
+@rank_zero_only
+def start_loggers(loggers: Sequence, cfg: DictConfig, out: Path) -> None:
+    """Every logger gets the whole resolved config; W&B's run id is kept beside the run."""
+    flat = OmegaConf.to_container(cfg, resolve=True)
+    for lg in loggers:
+        lg.log_hyperparams(flat)
+        if type(lg).__name__ == "WandbLogger":
+            (out / WANDB_ID_FILE).write_text(lg.experiment.id)
+
+
+@rank_zero_only
+def finish_loggers(loggers: Sequence, metrics: dict, monitor: str | None, best_score: Any) -> None:
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            summary = lg.experiment.summary
+            if monitor and best_score is not None:
+                summary[f"best/{monitor}"] = float(best_score)
+            for k, v in metrics.items():
+                if k.startswith("test/") or k.startswith("params/"):
+                    summary[k] = v
+
+
+def log_table(trainer: Any, key: str, columns: list[str], rows: list[list[Any]], out: Path | None = None) -> None:
+    """Text samples (predictions, generations) as a table where the logger shows tables: a W&B table,
+    TensorBoard text (markdown), and always a JSON-lines file in the run directory."""
+    if not trainer.is_global_zero:
+        return
+    step = int(getattr(trainer, "global_step", 0))
+    for lg in trainer.loggers:
+        kind = type(lg).__name__
+        if kind == "WandbLogger":
+            lg.log_table(key=key, columns=columns, data=rows, step=None)
+        elif kind == "TensorBoardLogger":
+            head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+            body = "".join("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in r) + " |\n"
+                           for r in rows)
+            lg.experiment.add_text(key, head + body, global_step=step)
+    folder = Path(out) if out else Path(trainer.default_root_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{key.replace('/', '_')}.jsonl", "a", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps({"step": step, **dict(zip(columns, r))}) + "\n")

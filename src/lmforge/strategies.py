@@ -1,0 +1,83 @@
+"""FSDP2 for every model family lmforge builds: shard each transformer block, then the root.
+
+Blocks are found from the model itself, never from a per-model class list: Hugging Face models name
+the classes that must not be split across devices in ``_no_split_modules`` (``BertLayer``,
+``GPT2Block``, ``LlamaDecoderLayer``, ...). A model without that attribute falls back to the
+children of its largest ``nn.ModuleList`` (the layer stack).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if blocks:
+        return blocks
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    if not lists:
+        return []
+    biggest = max(lists, key=lambda ml: sum(p.numel() for p in ml.parameters()))
+    return list(biggest)
+
+
+def fully_shard_model(model: nn.Module, mesh: Any, reshard_after_forward: bool = True,
+                      param_dtype: torch.dtype | None = None, reduce_dtype: torch.dtype | None = None) -> int:
+    """Apply ``fully_shard`` to each block and to the root; returns the number of blocks sharded."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    dp_mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+    kwargs: dict[str, Any] = {"mesh": dp_mesh, "reshard_after_forward": reshard_after_forward}
+    if param_dtype is not None or reduce_dtype is not None:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    blocks = transformer_blocks(model)
+    for block in blocks:
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
+    log.info("FSDP2: sharded %d %s blocks + root over %d ranks", len(blocks),
+             type(blocks[0]).__name__ if blocks else "(no)", dp_mesh.size())
+    return len(blocks)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The full (unsharded) state dict on CPU; a collective: every rank must call it. None if not sharded."""
+    if not is_sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_checkpoint_any(path: str | Path) -> dict:
+    """A Lightning checkpoint as one dict: a ``.ckpt`` file, or a sharded (distributed) checkpoint folder."""
+    path = Path(path)
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=False)
+    meta = path / "meta.pt"
+    if not meta.is_file():
+        raise FileNotFoundError(f"{path}: neither a checkpoint file nor a sharded checkpoint folder (no meta.pt)")
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    ckpt = torch.load(meta, map_location="cpu", weights_only=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(path, Path(tmp) / "full.pt")
+        full = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=False)
+    ckpt["state_dict"] = full["state_dict"]
+    return ckpt
