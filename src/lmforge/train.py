@@ -114,8 +114,9 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     if not ckpt:
         return None
     if str(ckpt) != "last":
-        if not Path(ckpt).expanduser().is_file():
-            raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint file")
+        p = Path(ckpt).expanduser()
+        if not (p.is_file() or (p / "meta.pt").is_file()):  # a file, or an FSDP2 sharded checkpoint folder
+            raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint file (or sharded checkpoint folder)")
         return str(Path(ckpt).expanduser())
     runs = Path(cfg.paths.log_dir) / str(cfg.task_name) / "runs"
     here = Path(cfg.paths.output_dir).resolve()
