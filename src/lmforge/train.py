@@ -41,6 +41,7 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 def build_module(cfg: DictConfig) -> L.LightningModule:
     module = hydra.utils.instantiate(cfg.task.module, model=cfg.model, optimizer=cfg.optimizer,
                                      scheduler=cfg.scheduler, _recursive_=False)
+    module.init_seed = int(cfg.seed)
     s = cfg.get("strategy") or {}
     if s.get("name") == "fsdp":
         module.fsdp_options = {"reshard_after_forward": s.get("reshard_after_forward", True)}
