@@ -8,12 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 import lmforge  # noqa: F401  (resolvers)
+from lmforge.utils.compose import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
@@ -28,24 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def compose_cfg(overrides: list[str], out_dir: Path, cache_dir: Path, config_name: str = "train") -> DictConfig:
     """The config ``python train.py <overrides>`` would get, with its run directory at ``out_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out_dir)
-        cfg.hydra.runtime.cwd = str(ROOT)
-        cfg.hydra.job.num = 0
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(ROOT)
-        cfg.paths.output_dir = str(out_dir)
-        cfg.paths.log_dir = str(out_dir.parent)
-        cfg.paths.cache_dir = str(cache_dir)
-        cfg.paths.data_dir = str(SHARED_DATA)
-        if config_name == "train":
-            cfg.extras.print_config = False
-        del cfg.hydra
-    return cfg
+    return compose_config(overrides, out_dir, cache_dir, SHARED_DATA, config_name)
 
 
 @pytest.fixture(scope="session")

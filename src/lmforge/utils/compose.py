@@ -1,0 +1,46 @@
+"""The config ``python train.py <overrides>`` would get, composed in process (tests, notebooks, benchmarks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
+
+
+def compose_config(overrides: list[str], output_dir: str | Path, cache_dir: str | Path | None = None,
+                   data_dir: str | Path | None = None, config_name: str = "train",
+                   config_dir: str | Path | None = None) -> DictConfig:
+    """Compose ``configs/<config_name>.yaml`` with ``overrides``, as if Hydra ran it in ``output_dir``.
+
+    Hydra's own run-time values (``hydra:runtime.output_dir`` and friends) are set so that every
+    interpolation resolves, then the ``hydra`` node is dropped, as it is inside a real run.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    import lmforge  # noqa: F401  (resolvers)
+    from lmforge.cli import config_dir as default_config_dir
+
+    root = Path(__file__).resolve().parents[3]
+    out = Path(output_dir)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir or default_config_dir()), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out)
+        cfg.hydra.runtime.cwd = str(root)
+        cfg.hydra.job.num = 0
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(root)
+        cfg.paths.output_dir = str(out)
+        cfg.paths.log_dir = str(out.parent)
+        if cache_dir is not None:
+            cfg.paths.cache_dir = str(cache_dir)
+        if data_dir is not None:
+            cfg.paths.data_dir = str(data_dir)
+        if config_name == "train":
+            cfg.extras.print_config = False
+        del cfg.hydra
+    return cfg
