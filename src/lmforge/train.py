@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmforge.loggers import build_loggers, finish_loggers, log_table, start_loggers
 from lmforge.strategies import full_state_dict
+from lmforge.sweeps import assign_device_for_job
 from lmforge.utils.checks import check_config
 from lmforge.utils.distributed import apply_global_batch_size, pin_sweep_job_for_subprocess_launcher
 from lmforge.utils.rich_utils import print_config_tree
@@ -178,6 +179,7 @@ def end_job(env_before: dict[str, str]) -> None:
 
 def _train(cfg: DictConfig) -> dict[str, float]:
     t0 = time.time()
+    assign_device_for_job(cfg)  # joblib sweeps on GPUs: this job's own device, before CUDA starts
     check_config(cfg)
     apply_global_batch_size(cfg)
     pin_sweep_job_for_subprocess_launcher(cfg)
