@@ -35,8 +35,16 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     # tasks that can train their own tokenizer (pretraining) accept a model that names none
     tokenizer = tokenizer_source(cfg.model, required=cfg.task.get("tokenizer_required", True))
     data = {k: v for k, v in cfg.data.items() if k not in RUN_DATA_KEYS}
-    return hydra.utils.instantiate(cfg.task.datamodule, **data, tokenizer=tokenizer,
-                                   seed=cfg.seed, _convert_="object")
+    try:
+        return hydra.utils.instantiate(cfg.task.datamodule, **data, tokenizer=tokenizer,
+                                       seed=cfg.seed, _convert_="object")
+    except hydra.errors.InstantiationException as e:
+        # the datamodule's own error (a missing file, a bad value) says more than Hydra's wrapper around it
+        from lmforge.utils.errors import LMForgeError
+
+        if isinstance(e.__cause__, (LMForgeError, FileNotFoundError)):
+            raise e.__cause__ from None
+        raise
 
 
 def build_module(cfg: DictConfig) -> L.LightningModule:

@@ -51,14 +51,38 @@ def is_pretrained(model_cfg: Mapping) -> bool:
     return bool(model_cfg.get("name_or_path")) and model_cfg.get("pretrained", True)
 
 
-def tokenizer_source(model_cfg: Mapping) -> str:
+def tokenizer_source(model_cfg: Mapping, required: bool = True) -> str | None:
+    """The tokenizer to load: ``model.tokenizer``, else ``model.name_or_path``.
+
+    ``required=False`` (tasks that can train a tokenizer, e.g. pretraining) returns None when
+    the model names none.
+    """
     src = model_cfg.get("tokenizer") or model_cfg.get("name_or_path")
+    if not src and not required:
+        return None
     if not src:
         raise ConfigError(
             f"model={model_cfg.get('family')}: no tokenizer; set model.tokenizer=<hub id or folder> "
             "(or model.name_or_path for a pretrained model)"
         )
     return str(src)
+
+
+# families whose learned position table keeps extra entries (RoBERTa numbers positions from padding_idx + 1)
+POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}
+
+
+def context_length(model_cfg: Mapping) -> int | None:
+    """The longest sequence the model attends over, read without building it (None: no fixed limit)."""
+    model_cfg = _plain(model_cfg)
+    if model_cfg.get("name_or_path"):
+        config = AutoConfig.from_pretrained(model_cfg["name_or_path"], **_plain(model_cfg.get("config_overrides")))
+        family = config.model_type
+        n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    else:
+        family = model_cfg.get("family")
+        n = model_cfg.get("max_position_embeddings")
+    return None if n is None else int(n) - POSITION_OFFSET.get(str(family), 0)
 
 
 def build_hf_config(model_cfg: Mapping, **facts: Any) -> PretrainedConfig:
