@@ -177,3 +177,30 @@ def test_fsdp2_ddp_and_single_process_agree_and_fsdp2_resumes(tmp_path):
     run_script(["eval.py", f"run={tmp_path / 'fsdp'}", f"hydra.run.dir={tmp_path / 'fsdp_eval'}"])
     ev = json.loads((tmp_path / "fsdp_eval" / "metrics.json").read_text())
     assert abs(ev["test/accuracy"] - m["fsdp"]["test/accuracy"]) < 1e-6  # eval reads the sharded checkpoint
+
+
+@pytest.mark.slow
+def test_causal_lm_with_fsdp2_and_ddp_trains_resumes_and_exports(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    common = ["task=causal_lm", "extras.print_config=false", "callbacks.progress_bar=null",
+              "trainer.val_check_interval=4", "trainer.log_every_n_steps=1", "data.block_size=32", "data.batch_size=8",
+              "data.max_eval_blocks=32", "data.tokenizer_training.vocab_size=600", "task.generation.max_new_tokens=8",
+              "scheduler.total_steps=8", "test=false", "accelerator=cpu", "trainer.devices=2",
+              "+model.config_overrides.resid_pdrop=0.0", "+model.config_overrides.embd_pdrop=0.0",
+              "+model.config_overrides.attn_pdrop=0.0", f"paths.cache_dir={tmp_path / 'c'}"]
+    runs = {"ddp": ["strategy=ddp", "trainer.max_steps=8"], "fsdp": ["strategy=fsdp", "trainer.max_steps=8"],
+            "fsdp_part1": ["strategy=fsdp", "trainer.max_steps=4"]}
+    for name, extra in runs.items():
+        run_script(["train.py", *common, *extra, f"hydra.run.dir={tmp_path / name}"])
+    ckpt = tmp_path / "fsdp_part1" / "checkpoints" / "last.ckpt"
+    assert (ckpt / "meta.pt").is_file()  # sharded checkpoint folder
+    run_script(["train.py", *common, *runs["fsdp"], f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'fsdp_resumed'}"])
+    m = {n: json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("ddp", "fsdp", "fsdp_resumed")}
+    assert abs(m["ddp"]["val/loss"] - m["fsdp"]["val/loss"]) < 1e-4, m
+    assert abs(m["fsdp_resumed"]["val/loss"] - m["fsdp"]["val/loss"]) < 1e-4, m  # same step, LR and data
+    for n in m:
+        folder = tmp_path / n / "export"
+        model, tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+        ids = tok("Once upon a time", return_tensors="pt").input_ids
+        assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] == ids.shape[1] + 4
