@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -160,27 +159,8 @@ class HeldOutStreamingDataset(StreamingPackedDataset):
         super().__init__(*args, **kwargs)
         self.hold_out_every = hold_out_every
 
-    def _shard_documents(self, shard: int, n_shards: int) -> Iterator[str]:
-        # as StreamingPackedDataset._shard_documents, over the documents that are not held out
-        files = list(self.files)
-        if self.shuffle_files:
-            random.Random(f"files:{self.seed}:{self.epoch}").shuffle(files)
-        stream = held_out(files, self.doc_separator, self.hold_out_every, keep=True)
-        docs = (doc for i, doc in enumerate(stream) if i % n_shards == shard)
-        if self.shuffle_buffer <= 0:
-            yield from docs
-            return
-        rng = random.Random(f"docs:{self.seed}:{self.epoch}:{shard}:{n_shards}")
-        buffer: list[str] = []
-        for doc in docs:
-            if len(buffer) < self.shuffle_buffer:
-                buffer.append(doc)
-                continue
-            j = rng.randrange(len(buffer))
-            yield buffer[j]
-            buffer[j] = doc
-        rng.shuffle(buffer)
-        yield from buffer
+    def _documents(self, files: list) -> Iterator[str]:
+        return held_out(files, self.doc_separator, self.hold_out_every, keep=True)
 
 
 class LMDataModule(L.LightningDataModule):

@@ -119,11 +119,15 @@ class StreamingPackedDataset(IterableDataset):
 
     # -- the stream -------------------------------------------------------------------------------
 
+    def _documents(self, files: list) -> Iterator[str]:
+        """Every document of ``files`` in order (subclasses may hold some out)."""
+        return read_documents(files, self.doc_separator)
+
     def _shard_documents(self, shard: int, n_shards: int) -> Iterator[str]:
         files = list(self.files)
         if self.shuffle_files:
             random.Random(f"files:{self.seed}:{self.epoch}").shuffle(files)
-        docs = (doc for i, doc in enumerate(read_documents(files, self.doc_separator)) if i % n_shards == shard)
+        docs = (doc for i, doc in enumerate(self._documents(files)) if i % n_shards == shard)
         if self.shuffle_buffer <= 0:
             yield from docs
             return
