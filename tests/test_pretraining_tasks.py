@@ -304,3 +304,16 @@ def test_tinyshakespeare_beats_unigram(make_cfg, task, capsys) -> None:
         print(f"\n{task} on tinyshakespeare: val perplexity {ppl:.2f}, unigram {unigram:.2f} "
               f"(vocab {len(dm.tokenizer)}, {metrics['params/total']:,.0f} parameters)")
     assert ppl < bound * unigram
+
+
+def test_eval_script_reevaluates_a_causal_lm_run_and_generates(make_cfg, tmp_path) -> None:
+    cfg = make_cfg(CAUSAL, name="clm")
+    metrics = train(cfg)
+    out = tmp_path / "eval"
+    run_script(["eval.py", f"run={cfg.paths.output_dir}", "split=validation", 'predict.texts=["Once upon a time"]',
+                f"hydra.run.dir={out}"])
+    ev = json.loads((out / "metrics.json").read_text())
+    assert abs(ev["validation/loss"] - metrics["val/loss"]) < 1e-5  # the same model on the same blocks
+    pred = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
+    assert pred["text"] == "Once upon a time" and pred["label"].startswith("Once upon a time")
+    assert len(pred["label"]) > len("Once upon a time")

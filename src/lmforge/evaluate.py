@@ -121,11 +121,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                             precision=run_cfg.trainer.get("precision", "32-true"), enable_checkpointing=False,
                             callbacks=[L.pytorch.callbacks.RichProgressBar()])
         datamodule.setup("test")
-        if split not in datamodule.datasets:
-            raise DataError(f"split={split}: this run's data has no {split} split "
-                            f"(has {', '.join(datamodule.datasets)}); pass file=<path>")
         # evaluate the requested split through the test loop, so metrics are named test/*
-        datamodule.test_dataloader = lambda: datamodule._loader(split, False)  # type: ignore[method-assign]
+        if hasattr(datamodule, "datasets") and hasattr(datamodule, "_loader"):  # any split of a labelled table
+            if split not in datamodule.datasets:
+                raise DataError(f"split={split}: this run's data has no {split} split "
+                                f"(has {', '.join(datamodule.datasets)}); pass file=<path>")
+            datamodule.test_dataloader = lambda: datamodule._loader(split, False)  # type: ignore[method-assign]
+        elif split == "validation":
+            datamodule.test_dataloader = datamodule.val_dataloader  # type: ignore[method-assign]
+        elif split == "train":
+            raise ConfigError(f"split=train: a {run_cfg.task.name} run evaluates split=validation or split=test")
         trainer.test(module, datamodule=datamodule)
         metrics = {k.replace("test/", f"{split}/"): v for k, v in _floats(trainer.callback_metrics).items()}
         metrics["split"] = split
@@ -134,7 +139,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.predict.get("file"):
         texts += read_texts(cfg.predict.file, run_cfg.data.get("text_column"))
     if texts:
-        preds = module.predict_texts(datamodule, texts)
+        if hasattr(module, "predict_texts"):
+            preds = module.predict_texts(datamodule, texts)
+        elif hasattr(module, "generate_texts"):  # causal LM: the texts are prompts
+            preds = [{"text": t, "label": g, "score": float("nan")} for t, g in zip(texts, module.generate_texts(texts, tokenizer=datamodule.tokenizer))]
+        else:
+            raise ConfigError(f"predict.texts: a {run_cfg.task.name} model does not predict on text; "
+                              "evaluate it with split=validation|test")
         print_predictions(preds)
         dest = Path(cfg.predict.output) if cfg.predict.get("output") else out / "predictions.jsonl"
         dest.parent.mkdir(parents=True, exist_ok=True)
