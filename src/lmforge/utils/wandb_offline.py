@@ -63,12 +63,14 @@ def _items(items) -> dict[str, Any]:
 
 def read_run(path: str | Path) -> dict[str, Any]:
     """id, name, group, tags, project, config, history (list of dicts), summary of one offline run file."""
-    run: dict[str, Any] = {"config": {}, "history": [], "summary": {}, "tags": []}
+    # wandb names the file after the run id (run-<id>.wandb); a run record, when present, says it again
+    run: dict[str, Any] = {"config": {}, "history": [], "summary": {}, "tags": [],
+                           "id": Path(path).stem.removeprefix("run-")}
     for rec in iter_records(path):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             r = rec.run
-            run.update(id=r.run_id, name=r.display_name, group=r.run_group, project=r.project,
+            run.update(id=r.run_id or run["id"], name=r.display_name, group=r.run_group, project=r.project,
                        job_type=r.job_type, tags=list(r.tags))
             run["config"].update({k: v.get("value", v) if isinstance(v, dict) else v
                                   for k, v in _items(r.config.update).items()})
