@@ -47,26 +47,10 @@ def overrides(a: argparse.Namespace, run_dir: Path) -> list[str]:
 
 
 def compose(a: argparse.Namespace, run_dir: Path):
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    """The config ``python train.py <overrides>`` would get, run in ``run_dir``."""
+    from lmforge.utils.compose import compose_config
 
-    import lmforge  # noqa: F401  (resolvers)
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=overrides(a, run_dir), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.runtime.cwd = str(ROOT)
-        cfg.hydra.job.num = 0
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.root_dir, cfg.paths.output_dir = str(ROOT), str(run_dir)
-        cfg.paths.log_dir = str(run_dir.parent)
-        del cfg.hydra
-    return cfg
+    return compose_config(overrides(a, run_dir), run_dir)
 
 
 class Clock:
