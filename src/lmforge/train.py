@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lmforge.callbacks import build_callbacks
 from lmforge.loggers import build_loggers, finish_loggers, log_table, start_loggers
 from lmforge.strategies import full_state_dict
 from lmforge.sweeps import assign_device_for_job
@@ -57,14 +58,6 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
         if s.get("activation_checkpointing"):
             module.model_cfg["gradient_checkpointing"] = True
     return module
-
-
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    out = []
-    for name, cb in (cfg.get("callbacks") or {}).items():
-        if cb is not None and "_target_" in cb:
-            out.append(hydra.utils.instantiate(cb))
-    return out
 
 
 def build_strategy(cfg: DictConfig) -> Any:
@@ -197,7 +190,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()  # read + check + tokenize (or cache hit) before any model is loaded
     module = build_module(cfg)
-    callbacks, loggers = build_callbacks(cfg), build_loggers(cfg, out, resume_from=ckpt_path)
+    loggers = build_loggers(cfg, out, resume_from=ckpt_path)
+    callbacks = build_callbacks(cfg, loggers)
     trainer = build_trainer(cfg, callbacks, loggers)
     start_loggers(loggers, cfg, out)
 
