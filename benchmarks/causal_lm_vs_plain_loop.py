@@ -42,7 +42,7 @@ def overrides(a: argparse.Namespace, run_dir: Path) -> list[str]:
     return ["task=causal_lm", *data, f"model=gpt2", f"model/size={a.size}", f"data.block_size={a.block_size}",
             f"data.batch_size={a.batch_size}", f"data.tokenizer_training.vocab_size={a.vocab_size}",
             f"trainer.max_steps={a.steps}", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
-            "trainer.log_every_n_steps=10", "task.prompts=[]", "test=false", "export=false",
+            "trainer.log_every_n_steps=10", "task.prompts=[]", "predict.texts=[]", "test=false", "export=false",
             "extras.print_config=false", "accelerator=cpu", f"seed={a.seed}"]
 
 
@@ -91,7 +91,7 @@ def run_lmforge(a: argparse.Namespace, run_dir: Path) -> dict:
     import lmforge.train as lt
 
     build = lt.build_callbacks
-    lt.build_callbacks = lambda c: [*build(c), Timing()]  # the timing callback joins lmforge's own
+    lt.build_callbacks = lambda *args: [*build(*args), Timing()]  # the timing callback joins lmforge's own
     metrics = train(cfg)
     return {**clock.result(), "final_train_loss": metrics.get("train/loss")}
 

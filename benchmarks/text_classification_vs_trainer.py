@@ -33,8 +33,9 @@ saving are outside it. Samples and non-padding tokens are counted from the batch
 (lmforge: the batch given to ``on_train_batch_end``; Trainer: a counting wrapper around the collator,
 armed during training only).
 
-Dev accuracy: the full SST-2 dev set (872 rows): lmforge's ``test/accuracy`` (its test split is
-dev.tsv), the Trainer's ``evaluate`` on the same rows.
+Dev accuracy: the full SST-2 dev set (872 rows): lmforge's ``val/accuracy`` from its one validation at
+the end of the epoch (SST-2's test labels are hidden, so the run has no test split), the Trainer's
+``evaluate`` on the same rows.
 
 Output: a table (rich) with each run, the medians over repeats and the lmforge/trainer ratios, and
 ``logs/benchmarks/text_classification_vs_trainer.json``.
@@ -355,8 +356,8 @@ def run_lmforge(a: argparse.Namespace, clock: PhaseClock, run_dir: Path) -> dict
         cfg.callbacks.bench_clock = {"_target_": "__main__._BenchClock"}
     metrics = train(cfg)
     return {
-        "dev_accuracy": metrics.get("test/accuracy"),
-        "dev_loss": metrics.get("test/loss"),
+        "dev_accuracy": metrics.get("val/accuracy"),
+        "dev_loss": metrics.get("val/loss"),
         "n_dev": None,
         "config": {
             "overrides": lmforge_overrides(a),

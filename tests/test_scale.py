@@ -7,48 +7,56 @@ import json
 from pathlib import Path
 
 import hydra
+import lightning as L
 import pytest
 import torch
 
 from conftest import TINY, run_script
 from lmforge.train import build_strategy, train
-from lmforge.utils.distributed import apply_global_batch_size
 from lmforge.utils.checks import check_config
+from lmforge.utils.distributed import global_batch_accumulation
 from lmforge.utils.errors import ConfigError
 from lmforge.utils.wandb_offline import find_runs, read_run
 
 SHORT = [*TINY, "trainer.max_epochs=1", "data.max_train_samples=256", "predict.texts=null"]
 
 
-def test_fsdp1_config_instantiates_and_refuses_cpu_clearly(make_cfg):
-    from lightning.pytorch.strategies import FSDPStrategy
+def test_fsdp1_is_not_offered(make_cfg):
+    # FSDP1 was a config without wrapping or a gathered export behind it: strategy=fsdp (FSDP2) replaces it
+    from hydra.errors import MissingConfigException
 
-    cfg = make_cfg(["strategy=fsdp1", "accelerator=cpu"])
-    assert isinstance(build_strategy(cfg), FSDPStrategy)
-    with pytest.raises(ConfigError, match=r"strategy=fsdp1 needs CUDA GPUs.*use strategy=fsdp"):
-        check_config(cfg)
+    with pytest.raises(MissingConfigException, match="strategy/fsdp1"):
+        make_cfg(["strategy=fsdp1"])
 
 
-def test_deepspeed_config_composes_and_refuses_cpu_clearly(make_cfg):
-    cfg = make_cfg(["strategy=deepspeed", "strategy.stage=3", "accelerator=cpu"])
-    assert cfg.strategy._target_.endswith("DeepSpeedStrategy") and cfg.strategy.stage == 3
+def test_deepspeed_config_composes_and_refuses_cpu_and_stage3_clearly(make_cfg, monkeypatch):
+    cfg = make_cfg(["strategy=deepspeed", "strategy.stage=2", "accelerator=cpu"])
+    assert cfg.strategy._target_.endswith("DeepSpeedStrategy") and cfg.strategy.stage == 2
     with pytest.raises(ConfigError, match=r"strategy=deepspeed needs CUDA GPUs"):
         check_config(cfg)
+    stage3 = make_cfg(["strategy=deepspeed", "strategy.stage=3", "accelerator=gpu"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the stage check comes before any GPU is used
+    with pytest.raises(ConfigError, match=r"stage=3 .* not gather"):
+        check_config(stage3)
 
 
 def test_deepspeed_config_instantiates(make_cfg):
     pytest.importorskip("deepspeed", reason="DeepSpeedStrategy needs the deepspeed package (GPU-only, not installed here)")
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
-    assert isinstance(build_strategy(make_cfg(["strategy=deepspeed", "strategy.stage=3"])), DeepSpeedStrategy)
+    assert isinstance(build_strategy(make_cfg(["strategy=deepspeed", "strategy.stage=2"])), DeepSpeedStrategy)
 
 
 def test_fsdp2_and_ddp_configs_instantiate(make_cfg):
-    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from lmforge.strategies import FSDP2Strategy
 
     cfg = make_cfg(["strategy=fsdp", "accelerator=cpu", "trainer.devices=2"])
     s = build_strategy(cfg)
-    assert isinstance(s, ModelParallelStrategy) and s._data_parallel_size == 2
+    assert isinstance(s, FSDP2Strategy)
+    L.Trainer(strategy=s, accelerator="cpu", devices=2, logger=False)  # gives the strategy its devices
+    assert s.resolved_data_parallel_size() == 2  # every process, not Lightning's one group per node
     assert isinstance(build_strategy(make_cfg(["strategy=ddp"])), DDPStrategy)
     assert build_strategy(make_cfg(["strategy=ddp_spawn"]))._start_method == "spawn"
 
@@ -71,19 +79,17 @@ def test_impossible_combinations_fail_before_training(make_cfg, overrides, messa
 def test_global_batch_size_sets_accumulation(make_cfg):
     cfg = make_cfg(["data.global_batch_size=128", "data.batch_size=16", "strategy=ddp", "accelerator=cpu",
                     "trainer.devices=2", "trainer.num_nodes=2"])
-    apply_global_batch_size(cfg)
-    assert cfg.trainer.accumulate_grad_batches == 2  # 128 = 16 x 2 devices x 2 nodes x 2
+    assert global_batch_accumulation(cfg) == 2  # 128 = 16 x 2 devices x 2 nodes x 2
     bad = make_cfg(["data.global_batch_size=100", "data.batch_size=16", "strategy=ddp", "accelerator=cpu",
                     "trainer.devices=2"])
     with pytest.raises(ConfigError, match=r"data.global_batch_size=100 is not a multiple of .* 16 x 2 = 32"):
-        apply_global_batch_size(bad)
+        global_batch_accumulation(bad)
 
 
 def test_global_batch_size_under_torchrun_env(make_cfg, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "8")
     cfg = make_cfg(["data.global_batch_size=256", "data.batch_size=8"])
-    apply_global_batch_size(cfg)
-    assert cfg.trainer.accumulate_grad_batches == 4
+    assert global_batch_accumulation(cfg) == 4
 
 
 def test_wandb_sweep_jobs_are_grouped_named_and_finished(tmp_path):

@@ -1,4 +1,4 @@
-"""lmforge: Lightning + Hydra recipes for pretraining, fine-tuning and distilling language models."""
+"""lmforge: Lightning + Hydra recipes for pretraining and fine-tuning language models."""
 
 from lmforge.utils.resolvers import register_resolvers
 

@@ -1,9 +1,11 @@
-"""``evaluate(cfg) -> metrics``: re-evaluate a finished run, and predict on new text.
+"""``evaluate(cfg) -> metrics``: re-evaluate a finished run, and predict with it.
 
 The model and data are rebuilt from the run's own saved config (``<run>/config.yaml``), never from
-today's defaults; the weights come from the run's best checkpoint (or the one given). The facts the
-model was built with (label names, vocabulary size) come from the checkpoint, so files with other
-columns or a subset of the labels can be evaluated too.
+today's defaults; the weights come from the run's best checkpoint (or the one given), loaded without
+unpickling code. The facts the model was built with (label names, vocabulary size) come from the
+checkpoint, so files with other columns or a subset of the labels can be evaluated too; the tokenizer
+comes from the run's export when it has one. Like :func:`lmforge.train.train`, it calls only the task
+contract.
 """
 
 from __future__ import annotations
@@ -13,10 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lmforge.data.sources import read_table
 from lmforge.strategies import load_checkpoint_any
 from lmforge.train import _floats, build_datamodule, build_module, print_predictions
 from lmforge.utils.errors import ConfigError, DataError
@@ -55,105 +55,83 @@ def best_checkpoint(run: Path) -> Path:
     raise FileNotFoundError(f"run={run}: no checkpoint under {run / 'checkpoints'}; pass ckpt_path=<file>")
 
 
-def load_run_config(run: Path, cfg: DictConfig) -> DictConfig:
+def load_run_config(run: Path, cfg: DictConfig, facts: dict) -> DictConfig:
+    """The run's config, with eval.py's data changes, the checkpoint's label names and the run's tokenizer."""
     run_cfg = OmegaConf.load(run / "config.yaml")
     with open_dict(run_cfg):
         for k, v in (cfg.get("data") or {}).items():
             if v is not None:
                 run_cfg.data[k] = v
-        file = cfg.get("file")
-        if file:
-            run_cfg.data.source = "local"
-            run_cfg.data.train_file = None
-            run_cfg.data.validation_file = str(file)
-            run_cfg.data.test_file = str(file)
-            run_cfg.data.max_eval_samples = None
+        if cfg.get("file"):
+            run_cfg.data.eval_file = str(cfg.file)
+        if facts.get("id2label"):
+            id2label = {int(k): v for k, v in facts["id2label"].items()}
+            run_cfg.data.label_names = [id2label[i] for i in sorted(id2label)]
+        run_cfg.model.pretrained = False  # the architecture from the run; the weights come from the checkpoint
+        export = run / "export"
+        if (export / "tokenizer_config.json").is_file():  # the tokenizer the run trained with (or trained itself)
+            run_cfg.model.tokenizer = str(export)
     return run_cfg
-
-
-def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
-    """Texts to predict: a table file (csv/tsv/jsonl/json/parquet, text column detected) or one text per line."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"predict.file={path}: file not found")
-    if p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".ndjson"):
-        from lmforge.tasks.text_classification.data import TEXT_COLUMNS
-
-        rows = read_table(p, key="predict.file")
-        if not rows:
-            raise DataError(f"predict.file={path}: no rows")
-        col = text_column or next((c for c in TEXT_COLUMNS if c in rows[0]), None)
-        if col is None or col not in rows[0]:
-            raise DataError(f"predict.file={path}: no text column among {', '.join(rows[0])}; set data.text_column=<name>")
-        return [str(r[col]) for r in rows]
-    texts = [line.rstrip("\n") for line in p.read_text(encoding="utf-8").splitlines()]
-    return [t for t in texts if t.strip()]
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L
 
     run, ckpt_path = find_run(cfg)
-    run_cfg = load_run_config(run, cfg)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     log.info("run %s, checkpoint %s", run, ckpt_path)
-    ckpt = load_checkpoint_any(ckpt_path)  # a .ckpt file, or an FSDP2 sharded checkpoint folder
+    ckpt = load_checkpoint_any(ckpt_path, unsafe=bool(cfg.get("unsafe_load", False)))  # a .ckpt file or an FSDP2 folder
     facts = ckpt.get("model_facts") or {}
-    if facts.get("id2label"):
-        with open_dict(run_cfg):
-            run_cfg.data.label_names = [facts["id2label"][i] for i in sorted(facts["id2label"])]
+    run_cfg = load_run_config(run, cfg, facts)
 
-    with open_dict(run_cfg):
-        run_cfg.model.pretrained = False  # the architecture from the run; the weights come from the checkpoint
     datamodule = build_datamodule(run_cfg)
-    module = build_module(run_cfg)
-    module.fixed_facts = facts
+    module = build_module(run_cfg, facts=facts)
     module.configure_model()
     module.load_state_dict(ckpt["state_dict"])
+    del ckpt
+
     metrics: dict[str, Any] = {}
-    split = cfg.get("split")
+    split = "file" if cfg.get("file") else cfg.get("split")
     if split:
-        if split not in ("train", "validation", "test"):
-            raise ConfigError(f"split={split}: expected train, validation or test (or null to skip evaluation)")
         datamodule.prepare_data()
+        datamodule.setup("test")
+        available = datamodule.labelled_splits()
+        if split not in available:
+            raise DataError(f"split={split}: this run's data has no labelled {split} split "
+                            f"(labelled: {', '.join(available) or 'none'}); pass file=<labelled file>")
         trainer = L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, logger=False,
                             precision=run_cfg.trainer.get("precision", "32-true"), enable_checkpointing=False,
-                            callbacks=[L.pytorch.callbacks.RichProgressBar()])
-        datamodule.setup("test")
-        # evaluate the requested split through the test loop, so metrics are named test/*
-        if hasattr(datamodule, "datasets") and hasattr(datamodule, "_loader"):  # any split of a labelled table
-            if split not in datamodule.datasets:
-                raise DataError(f"split={split}: this run's data has no {split} split "
-                                f"(has {', '.join(datamodule.datasets)}); pass file=<path>")
-            datamodule.test_dataloader = lambda: datamodule._loader(split, False)  # type: ignore[method-assign]
-        elif split == "validation":
-            datamodule.test_dataloader = datamodule.val_dataloader  # type: ignore[method-assign]
-        elif split == "train":
-            raise ConfigError(f"split=train: a {run_cfg.task.name} run evaluates split=validation or split=test")
-        trainer.test(module, datamodule=datamodule)
-        metrics = {k.replace("test/", f"{split}/"): v for k, v in _floats(trainer.callback_metrics).items()}
+                            enable_model_summary=False, callbacks=[L.pytorch.callbacks.RichProgressBar()])
+        module.stage_prefix = {**module.stage_prefix, "test": split}  # metrics named <split>/<metric>
+        trainer.test(module, dataloaders=datamodule.eval_dataloader(split), verbose=False)
+        metrics = _floats(trainer.callback_metrics)
+        print_metrics(metrics, f"{split} metrics ({cfg.get('file') or f'the run’s {split} split'})")
         metrics["split"] = split
         metrics["source"] = str(cfg.get("file") or split)
-    texts = list(cfg.predict.get("texts") or [])
+
+    inputs = list(cfg.predict.get("texts") or [])
     if cfg.predict.get("file"):
-        texts += read_texts(cfg.predict.file, run_cfg.data.get("text_column"))
-    if texts:
-        if hasattr(module, "predict_texts"):
-            preds = module.predict_texts(datamodule, texts)
-        elif hasattr(module, "generate_texts"):  # causal LM: the texts are prompts
-            preds = [{"text": t, "label": g, "score": float("nan")} for t, g in zip(texts, module.generate_texts(texts, tokenizer=datamodule.tokenizer))]
-        else:
-            raise ConfigError(f"predict.texts: a {run_cfg.task.name} model does not predict on text; "
-                              "evaluate it with split=validation|test")
-        print_predictions(preds)
+        inputs += datamodule.read_inputs(cfg.predict.file)
+    if inputs:
+        records = module.predict(inputs, datamodule)
+        print_predictions(records, "predictions")
         dest = Path(cfg.predict.output) if cfg.predict.get("output") else out / "predictions.jsonl"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(dest, "w", encoding="utf-8") as f:
-            for p in preds:
-                f.write(json.dumps(p) + "\n")
-        log.info("wrote %d predictions to %s", len(preds), dest)
+        files = module.write_predictions(records, dest)
+        log.info("wrote %d predictions to %s", len(records), ", ".join(map(str, files)))
         metrics["predictions_file"] = str(dest)
-        metrics["predictions"] = preds
+        metrics["predictions"] = records
     (out / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "predictions"}, indent=2))
     return metrics
+
+
+def print_metrics(metrics: dict[str, float], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k in sorted(metrics):
+        table.add_row(k, f"{metrics[k]:.4f}")
+    Console().print(table)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -81,3 +82,20 @@ def load_checkpoint_any(path: str | Path) -> dict:
         full = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=False)
     ckpt["state_dict"] = full["state_dict"]
     return ckpt
+
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """``strategy=fsdp``: Lightning's ``ModelParallelStrategy`` with ``data_parallel_size="auto"`` meaning every
+    process (divided by the tensor-parallel size), not Lightning's one data-parallel group per node: FSDP2
+    here shards over all ranks. The task module applies ``fully_shard`` to its blocks (``configure_model``)."""
+
+    def resolved_data_parallel_size(self) -> int:
+        if self._data_parallel_size != "auto":
+            return int(self._data_parallel_size)
+        tp = self._tensor_parallel_size if isinstance(self._tensor_parallel_size, int) else 1
+        return max(1, self.num_nodes * self.num_processes // tp)
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.resolved_data_parallel_size()
+        super().setup_environment()

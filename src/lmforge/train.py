@@ -1,13 +1,16 @@
 """``train(cfg) -> metrics``: the library function behind ``train.py`` and ``lmforge-train``.
 
-Order matters and is chosen so that bad input fails before expensive work: config checks, then the
-data is read, checked and tokenized (cached), and only then is the model loaded and trained.
+The path from the config to ``L.Trainer`` reads top to bottom in :func:`_train`: checks, then the
+data (read, checked and tokenized before any model is loaded, so bad input fails cheaply), the task
+module, loggers and callbacks, the trainer, then fit, test, export and predictions. It calls the task
+contract (:mod:`lmforge.tasks.base`, :mod:`lmforge.data.datamodule`) and nothing task-specific.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -17,17 +20,21 @@ import hydra
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from lmforge.callbacks import build_callbacks
 from lmforge.loggers import build_loggers, finish_loggers, log_table, start_loggers
 from lmforge.strategies import full_state_dict
 from lmforge.sweeps import assign_device_for_job
 from lmforge.utils.checks import check_config
-from lmforge.utils.distributed import apply_global_batch_size, pin_sweep_job_for_subprocess_launcher
+from lmforge.utils.distributed import global_batch_accumulation, pin_sweep_job_for_subprocess_launcher
+from lmforge.utils.errors import LMForgeError
 from lmforge.utils.rich_utils import print_config_tree
 
 log = logging.getLogger(__name__)
+
+# data keys that the run consumes itself (not DataModule arguments)
+RUN_DATA_KEYS = ("global_batch_size",)
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
@@ -36,55 +43,44 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     # tasks that can train their own tokenizer (pretraining) accept a model that names none
     tokenizer = tokenizer_source(cfg.model, required=cfg.task.get("tokenizer_required", True))
     data = {k: v for k, v in cfg.data.items() if k not in RUN_DATA_KEYS}
-    try:
-        return hydra.utils.instantiate(cfg.task.datamodule, **data, tokenizer=tokenizer,
-                                       seed=cfg.seed, _convert_="object")
-    except hydra.errors.InstantiationException as e:
-        # the datamodule's own error (a missing file, a bad value) says more than Hydra's wrapper around it
-        from lmforge.utils.errors import LMForgeError
-
-        if isinstance(e.__cause__, (LMForgeError, FileNotFoundError)):
-            raise e.__cause__ from None
-        raise
+    return _instantiate(cfg.task.datamodule, **data, tokenizer=tokenizer, seed=cfg.seed, _convert_="object")
 
 
-def build_module(cfg: DictConfig) -> L.LightningModule:
-    module = hydra.utils.instantiate(cfg.task.module, model=cfg.model, optimizer=cfg.optimizer,
-                                     scheduler=cfg.scheduler, _recursive_=False)
-    module.init_seed = int(cfg.seed)
-    s = cfg.get("strategy") or {}
-    if s.get("name") == "fsdp":
-        module.fsdp_options = {"reshard_after_forward": s.get("reshard_after_forward", True)}
-        if s.get("activation_checkpointing"):
-            module.model_cfg["gradient_checkpointing"] = True
-    return module
+def build_module(cfg: DictConfig, facts: dict | None = None) -> L.LightningModule:
+    """The task's module; ``facts`` (eval.py: from the checkpoint) fix the model instead of the DataModule's."""
+    strategy = cfg.get("strategy") or {}
+    return _instantiate(cfg.task.module, model=cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler,
+                        seed=int(cfg.seed), sharding=strategy.get("sharding"), facts=facts, _recursive_=False)
 
 
 def build_strategy(cfg: DictConfig) -> Any:
+    """``cfg.strategy`` without its ``name`` label, instantiated; or Lightning's name when it has no ``_target_``."""
     s = cfg.get("strategy")
     if s is None:
         return "auto"
-    if "_target_" in s:
-        # `name` labels the option; the rest of LMFORGE_STRATEGY_KEYS are applied by the module
-        kwargs = {k: v for k, v in s.items() if k not in LMFORGE_STRATEGY_KEYS}
-        if s.get("name") == "fsdp" and kwargs.get("data_parallel_size") == "auto":
-            # Lightning's "auto" means one data-parallel group per node; FSDP2 here shards over all ranks
-            from lmforge.utils.distributed import world_size
-
-            kwargs["data_parallel_size"] = world_size(cfg) // int(kwargs.get("tensor_parallel_size") or 1)
-        return hydra.utils.instantiate(kwargs, _convert_="object")
-    return s.get("name", "auto")
+    if "_target_" not in s:
+        return s.get("name", "auto")
+    kwargs = {k: v for k, v in s.items() if k not in ("name", "sharding")}
+    return hydra.utils.instantiate(kwargs, _convert_="object")
 
 
-LMFORGE_STRATEGY_KEYS = ("name", "activation_checkpointing", "reshard_after_forward")
-# data keys that the run consumes itself (not DataModule arguments)
-RUN_DATA_KEYS = ("global_batch_size",)
+def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
+    kwargs: dict[str, Any] = {}
+    accumulate = global_batch_accumulation(cfg)  # data.global_batch_size over this many processes
+    if accumulate is not None:
+        kwargs["accumulate_grad_batches"] = accumulate
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                   strategy=build_strategy(cfg), **kwargs, _convert_="object")
 
 
-def build_trainer(cfg: DictConfig, callbacks: list | None = None, loggers: list | None = None) -> L.Trainer:
-    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks if callbacks is not None else build_callbacks(cfg),
-                                   logger=loggers if loggers is not None else (build_loggers(cfg) or False),
-                                   strategy=build_strategy(cfg), _convert_="object")
+def _instantiate(node: DictConfig, **kwargs: Any) -> Any:
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except hydra.errors.InstantiationException as e:
+        # lmforge's own error (a missing file, a bad value) says more than Hydra's wrapper around it
+        if isinstance(e.__cause__, (LMForgeError, FileNotFoundError)):
+            raise e.__cause__ from None
+        raise
 
 
 def _floats(metrics: dict) -> dict[str, float]:
@@ -97,30 +93,30 @@ def _floats(metrics: dict) -> dict[str, float]:
     return out
 
 
-def _spawns(trainer: L.Trainer) -> bool:
-    return getattr(trainer.strategy, "_start_method", None) in ("spawn", "fork", "forkserver")
-
-
-def _checkpoint_callback(trainer: L.Trainer):
-    return getattr(trainer, "checkpoint_callback", None)
-
-
 @rank_zero_only
 def _save_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, default=str))
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """``ckpt_path``: a checkpoint file, or ``last``: the newest ``last.ckpt`` of this task's earlier runs
-    (``<paths.log_dir>/<task_name>/runs/*/checkpoints/last.ckpt``, this run excluded)."""
+    """``ckpt_path``: a checkpoint file (or FSDP2 sharded folder), or ``last``: the newest ``last.ckpt`` of
+    this task's earlier runs (``<paths.log_dir>/<task_name>/runs/*/checkpoints/last.ckpt``, this run excluded)."""
+    from lmforge.utils.errors import ConfigError
+
     ckpt = cfg.get("ckpt_path")
     if not ckpt:
         return None
     if str(ckpt) != "last":
         p = Path(ckpt).expanduser()
-        if not (p.is_file() or (p / "meta.pt").is_file()):  # a file, or an FSDP2 sharded checkpoint folder
+        if p.is_dir() and (p / "meta.pt").is_file():
+            name = str((cfg.get("strategy") or {}).get("name", "auto"))
+            if name != "fsdp":
+                raise ConfigError(f"ckpt_path={ckpt} is an FSDP2 sharded checkpoint folder: resume it with "
+                                  f"strategy=fsdp (this run has strategy={name}); eval.py reads it in one process")
+            return str(p)
+        if not p.is_file():
             raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint file (or sharded checkpoint folder)")
-        return str(Path(ckpt).expanduser())
+        return str(p)
     runs = Path(cfg.paths.log_dir) / str(cfg.task_name) / "runs"
     here = Path(cfg.paths.output_dir).resolve()
     found = [p for p in runs.glob("*/checkpoints/last.ckpt") if p.resolve().parents[1] != here]
@@ -182,25 +178,24 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     t0 = time.time()
     assign_device_for_job(cfg)  # joblib sweeps on GPUs: this job's own device, before CUDA starts
     check_config(cfg)
-    apply_global_batch_size(cfg)
     pin_sweep_job_for_subprocess_launcher(cfg)
     out = prepare_run(cfg)
     ckpt_path = resolve_ckpt_path(cfg)  # a missing checkpoint fails before any data is read
 
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()  # read + check + tokenize (or cache hit) before any model is loaded
-    module = build_module(cfg)
+    if _spawns_strategy(cfg):
+        # ddp_spawn trains in child processes and hands the weights back to this one: the model must
+        # exist here first, built from the same facts
+        datamodule.setup("fit")
+        module = build_module(cfg, facts=datamodule.model_facts())
+        module.configure_model()
+    else:
+        module = build_module(cfg)
     loggers = build_loggers(cfg, out, resume_from=ckpt_path)
     callbacks = build_callbacks(cfg, loggers)
     trainer = build_trainer(cfg, callbacks, loggers)
     start_loggers(loggers, cfg, out)
-
-    if _spawns(trainer):
-        # ddp_spawn trains in child processes and hands the weights back to this one: the model must
-        # exist here first, built from the same facts
-        datamodule.setup("fit")
-        module.fixed_facts = datamodule.model_facts()
-        module.configure_model()
 
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
@@ -208,65 +203,87 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(_floats(trainer.callback_metrics))
     else:
         trainer.strategy.connect(module)
+        datamodule.setup("test")
+        module.configure_model()
 
-    ckpt_cb = _checkpoint_callback(trainer)
-    best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
-    if cfg.get("test", True):
-        if best is None and not cfg.get("train", True):
-            log.warning("no checkpoint to test: testing the model as built")
-        trainer.test(module, datamodule=datamodule, ckpt_path=best if best else None)
+    best = _best_checkpoint(trainer)
+    tested = bool(cfg.get("test", True)) and "test" in datamodule.labelled_splits()
+    if tested:  # the best checkpoint's weights are loaded into the module, which export and predict use too
+        trainer.test(module, datamodule=datamodule, ckpt_path=best)
         metrics.update(_floats({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
-    elif best and Path(best).is_file():
-        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+    else:
+        if cfg.get("test", True) and rank_zero_only.rank == 0:
+            print("no labelled test split: this run reports no test/* metrics "
+                  "(add one with data.test_file=..., or evaluate a file later: eval.py run=<run> file=...)")
+        if best and Path(best).is_file():  # export and predict with the best weights
+            from lmforge.strategies import load_checkpoint_any
 
-    if module.model is not None:
-        counts = module.parameter_counts()
-        metrics.update({"params/total": float(counts["total"]), "params/non_embedding": float(counts["non_embedding"])})
+            module.load_state_dict(load_checkpoint_any(best, unsafe=bool(cfg.get("unsafe_load", False)))["state_dict"])
 
-    if cfg.get("export", True) and module.model is not None:
-        state = full_state_dict(module.model)  # FSDP2: gathered on every rank (a collective), else None
+    counts = module.parameter_counts()
+    metrics.update({"params/total": float(counts["total"]), "params/non_embedding": float(counts["non_embedding"])})
+
+    if cfg.get("export", True):
+        state = full_state_dict(module.trainable())  # FSDP2: gathered on every rank (a collective), else None
         if trainer.is_global_zero:
-            folder = module.export(out / "export", tokenizer=getattr(datamodule, "tokenizer", None), state_dict=state)
+            folder = module.export(out / "export", tokenizer=datamodule.tokenizer, state_dict=state)
             log.info("exported a Hugging Face model to %s", folder)
 
-    texts = list(cfg.get("predict", {}).get("texts") or [])
-    # every rank predicts: with FSDP2 a forward pass is a collective; only rank 0 prints and saves
-    if texts and hasattr(module, "predict_texts"):
-        preds = module.predict_texts(datamodule, texts)
-        print_predictions(preds)
-        _save_json(out / "predictions.json", preds)
-        log_table(trainer, "predictions", ["text", "label", "score"],
-                  [[p["text"], p["label"], p["score"]] for p in preds], out)
+    inputs = list((cfg.get("predict") or {}).get("texts") or [])
+    if inputs:  # every rank predicts (with FSDP2 a forward pass is a collective); rank 0 prints and saves
+        records = module.predict(inputs, datamodule)
+        if trainer.is_global_zero:
+            print_predictions(records, "predictions on new inputs")
+            module.write_predictions(records, out / "predictions.jsonl")
+            columns = list(records[0]) if records else []
+            log_table(trainer, "predictions", columns, [[_cell(r.get(c)) for c in columns] for r in records], out)
 
     metrics["time/total_sec"] = time.time() - t0
     metrics["world_size"] = float(trainer.world_size)
-    if best:
-        metrics_best = {"best_checkpoint": best}
-    else:
-        metrics_best = {}
-    _save_json(out / "metrics.json", {**metrics, **metrics_best})
+    _save_json(out / "metrics.json", {**metrics, **({"best_checkpoint": best} if best else {})})
+    ckpt_cb = getattr(trainer, "checkpoint_callback", None)
     finish_loggers(loggers, metrics, cfg.task.get("monitor"), ckpt_cb.best_model_score if ckpt_cb else None)
     return metrics
 
 
+def _spawns_strategy(cfg: DictConfig) -> bool:
+    return str((cfg.get("strategy") or {}).get("start_method", "")) in ("spawn", "fork", "forkserver")
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str | None:
+    cb = getattr(trainer, "checkpoint_callback", None)
+    best = cb.best_model_path if cb is not None else None
+    return best if best and Path(best).exists() else None
+
+
+def _cell(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 @rank_zero_only
-def print_predictions(preds: list[dict]) -> None:
+def print_predictions(records: list[dict], title: str) -> None:
+    """Prediction records as a table: one column per field, nested values as JSON."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="predictions on new text")
-    table.add_column("text")
-    table.add_column("label")
-    table.add_column("score", justify="right")
-    for p in preds:
-        table.add_row(p["text"], str(p["label"]), f"{p['score']:.3f}")
+    if not records:
+        return
+    table = Table(title=title)
+    columns = list(records[0])
+    for c in columns:
+        table.add_column(c, justify="right" if isinstance(records[0].get(c), float) else "left")
+    for r in records:
+        table.add_row(*[f"{r[c]:.3f}" if isinstance(r.get(c), float) else _cell(r.get(c)) for c in columns])
     Console().print(table)
 
 
 def metric_value(metrics: dict[str, float], name: str | None) -> float | None:
-    """The value a sweep optimizes (``optimized_metric``); NaN when the run did not produce it."""
+    """The value a sweep optimizes (``optimized_metric``); NaN, with a warning, when the run did not produce
+    it (a run without a validation split), so a sweep records the trial as failed instead of crashing."""
     if not name:
         return None
     if name not in metrics:
-        raise KeyError(f"optimized_metric={name} was not logged; logged: {', '.join(sorted(metrics))}")
+        log.warning("optimized_metric=%s was not logged (logged: %s); returning NaN", name, ", ".join(sorted(metrics)))
+        return math.nan
     return metrics[name]

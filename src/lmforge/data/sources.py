@@ -1,15 +1,28 @@
 """Where examples come from: local files in the formats people actually write, and hub datasets.
 
-Every reader returns a list of row dicts, so every task goes through the same code path after
-loading. Errors name the file, the line (and column where the parser knows it), the value and what
-was expected.
+Readers turn a source into rows that remember their origin, so that errors found after carving,
+shuffling or sampling still name the file, the line (and column where the parser knows it), the
+value and what was expected:
+
+* tables (csv, tsv, jsonl/json, parquet): :func:`read_table`, row dicts with ``__line__`` or
+  ``__record__``;
+* plain text corpora: documents (strings) from :mod:`lmforge.data.text_corpus`;
+* prediction inputs: :func:`read_lines`, one input per line of a ``.txt`` file;
+* hub datasets: :func:`load_hub`, split -> row dicts with ``__record__`` (and the label names of
+  class-label columns).
+
+A task picks its reader in its datamodule's ``read_file``; readers for more formats (CoNLL, SQuAD
+JSON, parallel text) join this module.
 """
 
 from __future__ import annotations
 
 import csv
+import glob
 import json
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +35,7 @@ TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl",
 # so errors found after shuffling or sampling still point at the right place
 LINE = "__line__"
 RECORD = "__record__"
+FILE = "__file__"  # only where one split is read from several files
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
@@ -37,12 +51,48 @@ def infer_format(path: str | Path) -> str:
     return TABLE_FORMATS[suffix]
 
 
+class MissingFileError(DataError, FileNotFoundError):
+    """A data file that is not there: a DataError that ``except FileNotFoundError`` also catches."""
+
+
 def check_exists(path: str | Path, key: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_file():
         hint = " (it is a directory)" if p.is_dir() else ""
-        raise FileNotFoundError(f"{key}={path}: file not found{hint} (looked at {p.resolve()})")
+        raise MissingFileError(f"{key}={path}: file not found{hint} (looked at {p.resolve()})")
     return p
+
+
+def resolve_files(spec: str | Path | Sequence[str | Path], key: str) -> list[Path]:
+    """A path, a glob (``corpus/*.txt``, ``corpus/**/*.txt``) or a list of them -> sorted existing files.
+
+    Errors name the config key and what was given, as the user typed it.
+    """
+    from lmforge.data.text_corpus import resolve_text_files
+
+    specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    for item in specs:  # a plain missing path gets the precise message (where it was looked for)
+        if not glob.has_magic(os.path.expanduser(str(item))):
+            check_exists(item, key)
+    try:
+        return resolve_text_files(specs)
+    except (FileNotFoundError, ValueError) as e:
+        raise MissingFileError(f"{key}={spec}: {e}") from None
+
+
+def read_lines(path: str | Path, key: str = "file") -> list[tuple[int, str]]:
+    """``(line number, text)`` for every non-blank line of a UTF-8 text file (one input per line)."""
+    p = check_exists(path, key)
+    out = []
+    with open(p, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason}); re-encode the file as UTF-8") from None
+            if text.strip():
+                out.append((lineno, text))
+    return out
 
 
 def _read_delimited(path: Path, delimiter: str, quoting: int) -> list[dict]:
@@ -151,7 +201,11 @@ def read_table(path: str | Path, key: str = "file", tsv_quoting: str = "none") -
 
 def load_hub(name: str, config_name: str | None = None, revision: str | None = None,
              **kwargs: Any) -> dict[str, list[dict]]:
-    """Load a dataset from the Hugging Face Hub with ``datasets.load_dataset``; split -> rows."""
+    """Load a dataset from the Hugging Face Hub with ``datasets.load_dataset``; split -> rows.
+
+    The result's ``label_names`` attribute maps each class-label column to its names (as the
+    dataset's features declare them), e.g. ``{"label": ["negative", "positive"]}``.
+    """
     import datasets
 
     try:
@@ -166,11 +220,26 @@ def load_hub(name: str, config_name: str | None = None, revision: str | None = N
             f"data.hub_name={name}: could not load the hub dataset: {why}. "
             f"Use data=local with data.train_file=... to train on files on disk. (datasets said: {e})"
         ) from e
-    return {split: [{**r, RECORD: i} for i, r in enumerate(ds[split].to_list(), 1)] for split in ds}
+    out = HubSplits({split: [{**r, RECORD: i} for i, r in enumerate(ds[split].to_list(), 1)] for split in ds})
+    for split in ds:
+        for col, feature in ds[split].features.items():
+            names = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
+            if names:
+                out.label_names.setdefault(col, list(names))
+    return out
+
+
+class HubSplits(dict):
+    """split -> rows, with ``label_names``: class-label column -> its names."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.label_names: dict[str, list[str]] = {}
 
 
 def where(origin: str, row: dict) -> str:
     """``file:line`` (or ``file record N``) of a row, for error messages."""
+    origin = row.get(FILE, origin)
     if LINE in row:
         return f"{origin}:{row[LINE]}"
     if RECORD in row:
@@ -179,4 +248,11 @@ def where(origin: str, row: dict) -> str:
 
 
 def columns_of(row: dict) -> list[str]:
-    return [k for k in row if k not in (LINE, RECORD)]
+    return [k for k in row if k not in (LINE, RECORD, FILE)]
+
+
+def read_tables(paths: Sequence[Path], key: str, tsv_quoting: str = "none") -> list[dict]:
+    """Rows of one or more table files; with several, each row also names its file."""
+    if len(paths) == 1:
+        return read_table(paths[0], key, tsv_quoting)
+    return [{**r, FILE: str(p)} for p in paths for r in read_table(p, key, tsv_quoting)]

@@ -1,7 +1,7 @@
 """Backbones from config: a pretrained checkpoint, or a family + size preset initialised at random.
 
 ``model`` config keys (see ``configs/model/``):
-  family            bert | roberta | gpt2 | llama | t5 | bart (decides the HF config class)
+  family            bert | roberta | gpt2 | llama (decides the HF config class)
   name_or_path      hub id or local folder to load pretrained weights from; null = random init
   tokenizer         hub id or local folder of the tokenizer (defaults to name_or_path)
   size              {num_layers, hidden_size, num_heads, intermediate_size} for random init
@@ -31,12 +31,8 @@ FAMILY_FIELDS: dict[str, dict[str, str]] = {
                  intermediate_size="n_inner", max_position_embeddings="n_positions"),
     "llama": dict(num_layers="num_hidden_layers", hidden_size="hidden_size", num_heads="num_attention_heads",
                   intermediate_size="intermediate_size", max_position_embeddings="max_position_embeddings"),
-    "t5": dict(num_layers="num_layers", hidden_size="d_model", num_heads="num_heads",
-               intermediate_size="d_ff"),
-    "bart": dict(num_layers="encoder_layers", hidden_size="d_model", num_heads="encoder_attention_heads",
-                 intermediate_size="encoder_ffn_dim", max_position_embeddings="max_position_embeddings"),
 }
-MODEL_TYPE = {"bert": "bert", "roberta": "roberta", "gpt2": "gpt2", "llama": "llama", "t5": "t5", "bart": "bart"}
+MODEL_TYPE = {"bert": "bert", "roberta": "roberta", "gpt2": "gpt2", "llama": "llama"}
 
 
 def _plain(cfg: Any) -> dict:
@@ -104,11 +100,6 @@ def build_hf_config(model_cfg: Mapping, **facts: Any) -> PretrainedConfig:
         fields = FAMILY_FIELDS[family]
         values = {**size, "max_position_embeddings": model_cfg.get("max_position_embeddings")}
         kwargs = {fields[k]: v for k, v in values.items() if k in fields and v is not None}
-        if family == "bart":  # decoder mirrors encoder
-            kwargs.update(decoder_layers=kwargs["encoder_layers"], decoder_attention_heads=kwargs["encoder_attention_heads"],
-                          decoder_ffn_dim=kwargs["encoder_ffn_dim"])
-        if family == "t5":
-            kwargs.setdefault("d_kv", kwargs["d_model"] // kwargs["num_heads"])
         config = AutoConfig.for_model(MODEL_TYPE[family], **kwargs, **overrides)
     for k, v in facts.items():
         if v is not None:

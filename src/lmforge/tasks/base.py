@@ -1,18 +1,47 @@
-"""What every task module shares, and nothing more: the backbone built from facts the data knows,
-AdamW with decoupled weight decay, warmup + decay stepped per optimizer step, and HF export."""
+"""The task contract: what every task's LightningModule provides, and the only things ``train()`` and
+``evaluate()`` call on it.
+
+A task module is a thin layer over one ``transformers`` Auto class. It provides:
+
+* **model(s) from facts the data reports**: :meth:`TaskModule.build_model` gets the DataModule's
+  ``model_facts()`` (label names, vocabulary size, pad id, ...) once, in ``configure_model``.
+  :meth:`TaskModule.trainable` is the model that is optimized, checkpointed, sharded and exported;
+  modules a wrapper adds beside it (a distillation teacher) are listed by :meth:`frozen_modules`
+  and stay out of the optimizer, the checkpoint and the export.
+* **the forward pass apart from the loss**: :meth:`forward` returns the model's outputs (logits, no
+  loss); :meth:`loss` computes the task's loss from them, so a wrapper can add other losses;
+* **metrics**: :meth:`make_metrics` (a ``MetricCollection`` per evaluation stage, synced across
+  ranks) and :meth:`update_metrics`; ``<stage>/loss`` and every metric are logged at the end of
+  each evaluation epoch, ``<stage>/score`` is the task's headline metric (:attr:`score_metric`);
+* **prediction on raw inputs**: :meth:`predict` takes records with the DataModule's
+  ``input_fields`` (a bare string fills the first) and returns records with the fields in
+  :attr:`prediction_fields`; :meth:`write_predictions` writes ``predictions.jsonl`` and, where the
+  field has one, its own file format beside it (:meth:`field_prediction_files`);
+* **export and serving**: :meth:`export` writes a Hugging Face folder (model + tokenizer);
+  :meth:`serve` predicts from that folder alone, the way a user outside lmforge does: through
+  ``transformers.pipeline(pipeline_task)`` where transformers has that pipeline, else with the task's
+  own small predictor over the export folder.
+
+A capability a task lacks raises :class:`~lmforge.utils.errors.ConfigError` naming the task, never
+an ``AttributeError``. The DataModule side of the contract is in :mod:`lmforge.data.datamodule`.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import lightning as L
 import torch
+import torchmetrics as tm
 from omegaconf import DictConfig, OmegaConf
 
 from lmforge.models.factory import build_model, parameter_counts
 from lmforge.utils.errors import ConfigError
+
+STAGES = ("val", "test")
 
 
 def _plain(cfg: Any) -> dict:
@@ -45,17 +74,64 @@ def resolve_warmup(warmup: float | int, total_steps: int) -> int:
     return int(round(warmup * total_steps)) if warmup < 1 else int(warmup)
 
 
-class LMForgeModule(L.LightningModule):
-    """Base of the task modules. Subclasses set ``auto_cls`` and implement the steps.
+def build_optimizer(params: Sequence[tuple[str, torch.nn.Parameter]], cfg: Mapping, sharded: bool = False
+                    ) -> torch.optim.Optimizer:
+    """The optimizer ``cfg`` names (``_target_``: any ``torch.optim`` class or a callable taking
+    ``params`` first), over the given trainable parameters, in two groups: weight decay on matrices,
+    none on biases and norm weights (1-D), as BERT, GPT-2 and most recipes do."""
+    import hydra
 
-    The HF model is built in ``configure_model`` (not ``__init__``) because the facts it needs
-    (label names, vocabulary size, pad id) come from the DataModule's setup, and because sharded
-    strategies want to build it themselves (FSDP2 on the meta device).
+    cfg = dict(cfg)
+    target = cfg.pop("_target_", None)
+    cfg.pop("_partial_", None)
+    if target is None:
+        raise ConfigError("optimizer._target_ is not set: name a torch.optim class, e.g. optimizer=adamw "
+                          "or optimizer._target_=torch.optim.SGD")
+    weight_decay = float(cfg.pop("weight_decay", 0.0) or 0.0)
+    decay = [p for _, p in params if p.ndim >= 2]
+    no_decay = [p for _, p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if "betas" in cfg and cfg["betas"] is not None:
+        cfg["betas"] = tuple(cfg["betas"])
+    if "fused" in cfg and cfg["fused"] is None:
+        # fused Adam(W) is ~2.7x cheaper on CPU and GPU (benchmarks/); not for DTensors (FSDP2) or MPS
+        flat = decay + no_decay
+        cfg["fused"] = bool(flat) and not sharded and all(
+            p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in flat)
+    try:
+        cls = hydra.utils.get_method(target) if not isinstance(target, type) else target
+    except Exception as e:
+        raise ConfigError(f"optimizer._target_={target}: cannot import it ({e})") from None
+    try:
+        return cls(groups, **cfg)
+    except TypeError as e:
+        raise ConfigError(f"optimizer={target} does not take these settings: {e}; "
+                          f"set them to null or remove them (optimizer.<key>)") from None
+
+
+class TaskModule(L.LightningModule):
+    """Base of every task module (see the module docstring for the contract).
+
+    Subclasses set :attr:`auto_cls`, :attr:`pipeline_task`, :attr:`prediction_fields`,
+    :attr:`score_metric`, and implement :meth:`loss`, :meth:`make_metrics`, :meth:`update_metrics`
+    and :meth:`predict_batch` (or :meth:`predict`). One level of inheritance: tasks derive from this
+    class only.
     """
 
     auto_cls: Any = None
+    #: the ``transformers.pipeline`` task that serves the export (None: the task's own predictor)
+    pipeline_task: str | None = None
+    #: fields of a prediction record (besides the input fields it echoes)
+    prediction_fields: tuple[str, ...] = ()
+    #: the metric logged again as ``<stage>/score`` (None: no headline score)
+    score_metric: str | None = None
 
-    def __init__(self, model: Mapping, optimizer: Mapping, scheduler: Mapping):
+    def __init__(self, model: Mapping, optimizer: Mapping, scheduler: Mapping, seed: int = 0,
+                 sharding: Mapping | None = None, facts: Mapping | None = None):
+        """``model``/``optimizer``/``scheduler``: their config nodes. ``seed``: initial weights depend on it
+        only. ``sharding``: FSDP2 options when the strategy shards (``reshard_after_forward``,
+        ``activation_checkpointing``). ``facts``: model facts read back from a checkpoint (eval.py);
+        otherwise they come from the DataModule at ``configure_model``."""
         super().__init__()
         self.model_cfg = _plain(model)
         self.optimizer_cfg = _plain(optimizer)
@@ -63,21 +139,36 @@ class LMForgeModule(L.LightningModule):
         # plain containers, so checkpoints load with torch.load(weights_only=True)
         self.save_hyperparameters({"model": self.model_cfg, "optimizer": self.optimizer_cfg,
                                    "scheduler": self.scheduler_cfg})
+        self.init_seed = int(seed)
+        self.sharding = _plain(sharding)
+        self.facts = dict(facts) if facts else None
         self.model: torch.nn.Module | None = None
-        # facts read back from a checkpoint (eval.py); otherwise they come from the DataModule
-        self.fixed_facts: dict | None = None
-        # set by train() for strategy=fsdp
-        self.fsdp_options: dict = {}
-        # set by train() from cfg.seed
-        self.init_seed: int = 0
+        self.metrics: torch.nn.ModuleDict | None = None
+        # evaluation stage -> metric prefix; eval.py evaluates any split through the test loop
+        self.stage_prefix = {"val": "val", "test": "test"}
 
-    # -- model -------------------------------------------------------------------------------
+    # -- model(s) ----------------------------------------------------------------------------
     def model_facts(self) -> dict:
-        """Facts for the HF config; by default whatever the attached DataModule reports."""
-        if self.fixed_facts:
-            return dict(self.fixed_facts)
+        """Facts for the HF config: the checkpoint's (eval.py), else what the attached DataModule reports."""
+        if self.facts:
+            return dict(self.facts)
         dm = self.trainer.datamodule if self._trainer is not None else None
-        return dm.model_facts() if dm is not None and hasattr(dm, "model_facts") else {}
+        if dm is None:
+            raise ConfigError("the model is built from facts the data reports: attach a DataModule (or pass facts=)")
+        return dm.model_facts()
+
+    def build_model(self, facts: Mapping) -> torch.nn.Module:
+        """The task's model from its config and the data's facts (a pretrained checkpoint or a size preset)."""
+        return build_model(self.auto_cls, self.model_cfg, **facts)
+
+    def trainable(self) -> torch.nn.Module:
+        """The model that is optimized, checkpointed, sharded and exported."""
+        assert self.model is not None, "configure_model() has not run"
+        return self.model
+
+    def frozen_modules(self) -> dict[str, torch.nn.Module]:
+        """Attribute name -> module that is used but never trained, saved or exported (a distillation teacher)."""
+        return {}
 
     def configure_model(self) -> None:
         if self.model is None:
@@ -85,46 +176,101 @@ class LMForgeModule(L.LightningModule):
             # (DDP/FSDP re-seed the global RNG during setup, a single process does not)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.init_seed)
-                self.model = build_model(self.auto_cls, self.model_cfg, **self.model_facts())
+                self.model = self.build_model(self.model_facts())
             self.model.train()  # from_pretrained returns eval mode; Lightning switches modes per loop
-            if self.model_cfg.get("gradient_checkpointing"):
+            if self.model_cfg.get("gradient_checkpointing") or self.sharding.get("activation_checkpointing"):
                 self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if self.device_mesh is not None:  # ModelParallelStrategy (strategy=fsdp): FSDP2 per block
                 from lmforge.strategies import fully_shard_model
 
-                fully_shard_model(self.model, self.device_mesh, **self.fsdp_options)
+                fully_shard_model(self.trainable(), self.device_mesh,
+                                  reshard_after_forward=self.sharding.get("reshard_after_forward", True))
+        if self.metrics is None:
+            self.metrics = torch.nn.ModuleDict({s: self.make_metrics() for s in STAGES})
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["model_facts"] = self.model_facts()
 
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict:
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        frozen = tuple(f"{prefix}{name}." for name in self.frozen_modules())
+        return type(state)((k, v) for k, v in state.items() if not (frozen and k.startswith(frozen))) \
+            if frozen else state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        frozen = tuple(f"{name}." for name in self.frozen_modules())
+        if frozen:  # the checkpoint holds the trainable model only; frozen modules keep what they were built with
+            own = {k: v for k, v in super().state_dict().items() if k.startswith(frozen)}
+            state_dict = {**own, **state_dict}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def parameter_counts(self) -> dict[str, int]:
-        assert self.model is not None
-        return parameter_counts(self.model)
+        return parameter_counts(self.trainable())
+
+    # -- forward and loss --------------------------------------------------------------------
+    def model_inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch fields the model takes (everything but the targets)."""
+        return {k: v for k, v in batch.items() if k != "labels"}
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> Any:
+        """The model's outputs for a batch, without a loss."""
+        return self.model(**self.model_inputs(batch))
+
+    def loss(self, outputs: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The task's loss from the outputs of :meth:`forward` and the batch's targets."""
+        raise NotImplementedError
+
+    def batch_size_of(self, batch: Mapping[str, torch.Tensor]) -> int:
+        return int(batch["input_ids"].shape[0])
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch), batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=self.batch_size_of(batch))
+        return loss
+
+    # -- metrics -----------------------------------------------------------------------------
+    def make_metrics(self) -> tm.MetricCollection:
+        """One evaluation stage's metrics (``loss`` among them), logged as ``<stage>/<name>`` at epoch end."""
+        return tm.MetricCollection({})
+
+    def update_metrics(self, metrics: tm.MetricCollection, outputs: Any, batch: Mapping[str, torch.Tensor],
+                       loss: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        outputs = self(batch)
+        self.update_metrics(self.metrics[stage], outputs, batch, self.loss(outputs, batch).detach())
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        metrics = self.metrics[stage]
+        values = {k: v for k, v in metrics.compute().items()}
+        metrics.reset()
+        prefix = self.stage_prefix[stage]
+        logged = {f"{prefix}/{k}": v for k, v in values.items()}
+        if self.score_metric is not None and self.score_metric in values:
+            logged[f"{prefix}/score"] = values[self.score_metric]
+        self.log_dict(logged, prog_bar=stage == "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
 
     # -- optimization ------------------------------------------------------------------------
     def configure_optimizers(self):
-        opt = self.optimizer_cfg
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            # biases and norm weights are 1-D; decaying them hurts (BERT, GPT-2 and most recipes skip them)
-            (no_decay if p.ndim < 2 else decay).append(p)
-        groups = [{"params": decay, "weight_decay": opt.get("weight_decay", 0.01)},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        name = opt.get("name", "adamw")
-        if name != "adamw":
-            raise ConfigError(f"optimizer.name={name}: only adamw is built in")
-        kwargs = dict(lr=opt["lr"], betas=tuple(opt.get("betas", (0.9, 0.999))), eps=opt.get("eps", 1e-8))
-        fused = opt.get("fused")
-        if fused is None:  # fused AdamW is ~2.7x cheaper on CPU and GPU (benchmarks/); not for DTensors or MPS
-            from lmforge.strategies import is_sharded
+        from lmforge.strategies import is_sharded
 
-            params = decay + no_decay
-            fused = bool(params) and not is_sharded(self) and all(
-                p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-        kwargs["fused"] = bool(fused)
-        optimizer = torch.optim.AdamW(groups, **kwargs)
+        model = self.trainable()
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        optimizer = build_optimizer(params, self.optimizer_cfg, sharded=is_sharded(model))
         sch = self.scheduler_cfg
         # the schedule's length: the run's own optimizer steps, unless set (a run that will be continued)
         total = int(sch.get("total_steps") or self.trainer.estimated_stepping_batches)
@@ -133,13 +279,92 @@ class LMForgeModule(L.LightningModule):
             optimizer, lr_lambda(sch.get("name", "linear"), warmup, total, sch.get("min_lr_ratio", 0.0)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
-    # -- export ------------------------------------------------------------------------------
+    # -- prediction --------------------------------------------------------------------------
+    def predict_batch(self, batch: Mapping[str, torch.Tensor], datamodule: Any) -> list[dict]:
+        """One record (the :attr:`prediction_fields`) per example of a collated batch."""
+        raise ConfigError(f"task {type(self).__name__} does not predict on raw inputs")
+
+    @torch.no_grad()
+    def predict(self, inputs: Sequence[Mapping[str, Any] | str], datamodule: Any, batch_size: int = 64) -> list[dict]:
+        """Records for raw inputs: each input's fields followed by the prediction's."""
+        records = as_records(inputs, datamodule.input_fields)
+        examples = datamodule.encode_inputs(records)
+        was_training = self.training
+        self.eval()
+        out: list[dict] = []
+        try:
+            for start in range(0, len(examples), batch_size):
+                batch = datamodule.collate(examples[start: start + batch_size])
+                batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                out.extend(self.predict_batch(batch, datamodule))
+        finally:
+            self.train(was_training)
+        return [{**r, **p} for r, p in zip(records, out)]
+
+    def write_predictions(self, records: Sequence[Mapping[str, Any]], path: str | Path) -> list[Path]:
+        """``path`` (JSON lines, strict JSON: NaN and infinities become null) and, beside it, the field's own
+        format (:meth:`field_prediction_files`); returns the files written."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(strict_json(r), ensure_ascii=False, allow_nan=False) + "\n")
+        return [path, *self.field_prediction_files(records, path.parent)]
+
+    def field_prediction_files(self, records: Sequence[Mapping[str, Any]], folder: Path) -> list[Path]:
+        """Prediction files in the field's own format (none by default)."""
+        return []
+
+    # -- export and serving ------------------------------------------------------------------
     def export(self, folder: str | Path, tokenizer: Any = None, state_dict: dict | None = None) -> Path:
-        """Save model (+ tokenizer) in Hugging Face format, loadable with ``AutoModelFor...``."""
-        assert self.model is not None
+        """The trainable model (+ tokenizer) in Hugging Face format, weights as safetensors."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+        self.trainable().save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
         return folder
+
+    @classmethod
+    def serve(cls, export_folder: str | Path, inputs: Sequence[Mapping[str, Any] | str], **kwargs: Any) -> list[dict]:
+        """Predict from an export folder alone, as a user without lmforge would (``transformers.pipeline``)."""
+        if cls.pipeline_task is None:
+            raise ConfigError(f"task {cls.__name__} declares no way to serve its export")
+        from transformers import pipeline
+
+        pipe = pipeline(cls.pipeline_task, model=str(export_folder), device="cpu")
+        return cls.records_from_pipeline(pipe, inputs, **kwargs)
+
+    @classmethod
+    def records_from_pipeline(cls, pipe: Any, inputs: Sequence[Mapping[str, Any] | str], **kwargs: Any) -> list[dict]:
+        raise NotImplementedError
+
+
+def as_records(inputs: Sequence[Mapping[str, Any] | str], fields: Sequence[str]) -> list[dict]:
+    """Prediction inputs as records: a bare string fills the first input field."""
+    out = []
+    for i, x in enumerate(inputs):
+        if isinstance(x, str):
+            out.append({fields[0]: x})
+        elif isinstance(x, Mapping):
+            missing = [f for f in fields[:1] if f not in x]
+            if missing:
+                raise ConfigError(f"prediction input {i + 1}: {dict(x)!r} has no {missing[0]!r}; expected fields "
+                                  f"{', '.join(fields)}")
+            out.append(dict(x))
+        else:
+            raise ConfigError(f"prediction input {i + 1}: {x!r} is neither a text nor a record")
+    return out
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with NaN/inf floats as None and tensors/numpy scalars as plain numbers, for strict JSON readers."""
+    if isinstance(value, Mapping):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -37,12 +37,13 @@ def check_config(cfg: DictConfig) -> None:
     if acc == "gpu" and precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"precision={precision}: this GPU has no bfloat16 support (pre-Ampere); use precision=16-mixed")
     strategy = str((cfg.get("strategy") or {}).get("name", "auto"))
-    if strategy in ("fsdp1", "deepspeed") and acc != "gpu":
-        instead = "strategy=fsdp (FSDP2, runs on CPU with gloo) or strategy=ddp"
-        raise ConfigError(f"strategy={strategy} needs CUDA GPUs (accelerator={acc} here): "
-                          f"{'Lightning FSDPStrategy refuses CPUs' if strategy == 'fsdp1' else 'DeepSpeed is GPU-only'}; "
-                          f"use {instead}")
     if strategy == "deepspeed":
+        if acc != "gpu":
+            raise ConfigError(f"strategy=deepspeed needs CUDA GPUs (accelerator={acc} here): DeepSpeed is GPU-only; "
+                              "use strategy=fsdp (FSDP2, runs on CPU with gloo) or strategy=ddp")
+        if int(cfg.strategy.get("stage", 2)) == 3:
+            raise ConfigError("strategy=deepspeed strategy.stage=3 shards the parameters and lmforge does not gather "
+                              "them for the export; use strategy=fsdp (FSDP2) to shard parameters, or stage 1/2")
         import importlib.util
 
         if importlib.util.find_spec("deepspeed") is None:

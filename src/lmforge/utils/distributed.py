@@ -70,11 +70,12 @@ def world_size(cfg: DictConfig) -> int:
     return max(1, n) * nodes
 
 
-def apply_global_batch_size(cfg: DictConfig) -> None:
-    """``data.global_batch_size`` -> ``trainer.accumulate_grad_batches`` for this many processes."""
+def global_batch_accumulation(cfg: DictConfig) -> int | None:
+    """``data.global_batch_size`` -> the ``accumulate_grad_batches`` that gives it over this many processes
+    (None when no global batch is set). The config is not changed: ``build_trainer`` passes the value."""
     global_bs = cfg.data.get("global_batch_size")
     if not global_bs:
-        return
+        return None
     micro = int(cfg.data.batch_size)
     world = world_size(cfg)
     per_step = micro * world
@@ -84,7 +85,6 @@ def apply_global_batch_size(cfg: DictConfig) -> None:
             f"{micro} x {world} = {per_step}; choose a global batch that is a multiple of {per_step}, "
             f"or change data.batch_size / trainer.devices / trainer.num_nodes")
     accumulate = global_bs // per_step
-    with open_dict(cfg):
-        cfg.trainer.accumulate_grad_batches = accumulate
     log.info("global batch %d = %d per process x %d processes x %d accumulation steps", global_bs, micro, world,
              accumulate)
+    return accumulate

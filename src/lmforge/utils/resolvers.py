@@ -19,8 +19,6 @@ def minilm_path() -> str:
 def register_resolvers() -> None:
     resolvers = {
         "minilm_path": minilm_path,
-        # ${eval_batch:${data.batch_size}} style helpers stay out: keep configs plain.
-        "mul": lambda a, b: a * b,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -2,137 +2,94 @@
 
 Metrics: ``train/loss``; ``val/loss`` (mean next-token cross-entropy over every predicted token of
 the validation blocks), ``val/perplexity`` (its exponential) and ``val/accuracy`` (next-token
-top-1). At each validation (not the sanity check), text generated from ``task.prompts`` is printed,
-appended to ``<run>/generations.jsonl`` and sent to the loggers that take text (TensorBoard,
-W&B, MLflow).
+top-1). At each validation (not the sanity check), text generated from ``task.prompts`` with the
+decoding settings in ``task.generation`` is printed, appended to ``<run>/generations.jsonl`` and sent
+to the loggers that take text (TensorBoard, W&B). Prediction continues prompts; the export is served
+by ``pipeline("text-generation")``.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 import torchmetrics as tm
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoModelForCausalLM
 
-from lmforge.tasks.base import LMForgeModule, _plain
-
-log = logging.getLogger(__name__)
-
-GENERATION = {"max_new_tokens": 40, "do_sample": True, "temperature": 0.8, "top_k": 40, "seed": 0}
+from lmforge.metrics import LanguageModelMetrics
+from lmforge.models.generation import DEFAULTS, generate, generation_kwargs
+from lmforge.tasks.base import TaskModule, _plain
 
 
-class CausalLMModule(LMForgeModule):
+def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of each position's prediction of the token after it."""
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), input_ids[:, 1:].reshape(-1))
+
+
+class CausalLMModule(TaskModule):
     auto_cls = AutoModelForCausalLM
+    pipeline_task = "text-generation"
+    prediction_fields = ("generated_text",)
 
     def __init__(self, model: Mapping, optimizer: Mapping, scheduler: Mapping, prompts: Sequence[str] | None = None,
-                 generation: Mapping | None = None):
-        super().__init__(model, optimizer, scheduler)
+                 generation: Mapping | None = None, **kwargs: Any):
+        super().__init__(model, optimizer, scheduler, **kwargs)
         self.prompts = [str(p) for p in (prompts or [])]
-        self.generation = {**GENERATION, **_plain(generation)}
-        self.metrics: torch.nn.ModuleDict | None = None
+        self.generation = {**DEFAULTS, **_plain(generation)}
 
-    def configure_model(self) -> None:
-        super().configure_model()
-        if self.metrics is None:
-            self.metrics = torch.nn.ModuleDict({
-                s: torch.nn.ModuleDict({"loss": tm.MeanMetric(), "accuracy": tm.MeanMetric()}) for s in ("val", "test")})
+    def make_metrics(self) -> tm.MetricCollection:
+        return tm.MetricCollection({"lm": LanguageModelMetrics()})
 
-    def forward(self, input_ids: torch.Tensor) -> Any:
-        return self.model(input_ids=input_ids, labels=input_ids)
+    def model_inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"input_ids": batch["input_ids"]}  # packed blocks: every token is real, no mask needed
+
+    def loss(self, outputs: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return next_token_loss(outputs.logits, batch["input_ids"])
+
+    def update_metrics(self, metrics: tm.MetricCollection, outputs: Any, batch: Mapping[str, torch.Tensor],
+                       loss: torch.Tensor) -> None:
+        metrics["lm"].update(outputs.logits[:, :-1], batch["input_ids"][:, 1:])
 
     def on_train_epoch_start(self) -> None:
         dm = self.trainer.datamodule
         if dm is not None and hasattr(dm, "set_epoch"):
             dm.set_epoch(self.current_epoch)  # streaming datasets: Lightning only tells samplers
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self(batch["input_ids"]).loss
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        return loss
-
-    def _eval_step(self, batch: dict, stage: str) -> None:
-        ids = batch["input_ids"]
-        out = self(ids)
-        targets = ids[:, 1:]
-        n = targets.numel()
-        correct = (out.logits[:, :-1].argmax(-1) == targets).float().mean()
-        self.metrics[stage]["loss"].update(out.loss.detach().float(), weight=n)
-        self.metrics[stage]["accuracy"].update(correct, weight=n)
-
-    def _eval_epoch_end(self, stage: str) -> None:
-        m = self.metrics[stage]
-        loss, acc = m["loss"].compute(), m["accuracy"].compute()  # token-weighted means, synced across ranks
-        self.log_dict({f"{stage}/loss": loss, f"{stage}/perplexity": torch.exp(loss), f"{stage}/accuracy": acc},
-                      prog_bar=stage == "val")
-        m["loss"].reset()
-        m["accuracy"].reset()
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
     def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
+        super().on_validation_epoch_end()
         if self.prompts and not self.trainer.sanity_checking:
-            self.log_generations(self.generate_texts(self.prompts))
+            # every rank generates (a sharded model's forward pass is a collective); rank 0 records
+            texts = generate(self.trainable(), self.trainer.datamodule.tokenizer, self.prompts, self.generation)
+            self.log_generations(texts)
 
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
-    # -- generation ----------------------------------------------------------------------------
+    # -- prediction: prompts in, continuations out ---------------------------------------------
     @torch.no_grad()
-    def generate_texts(self, prompts: Sequence[str], tokenizer: Any = None) -> list[str]:
-        """Continue each prompt. Every rank runs it (sharded models need all ranks); the seed is fixed, and
-        training's RNG state is left untouched."""
-        tok = tokenizer if tokenizer is not None else self.trainer.datamodule.tokenizer
-        g = self.generation
-        was_training = self.model.training
-        self.model.eval()
-        texts = []
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(int(g.get("seed", 0)))
-            for prompt in prompts:
-                ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(self.device)
-                if ids.shape[1] == 0:
-                    ids = torch.tensor([[tok.bos_token_id or tok.eos_token_id]], device=self.device)
-                kwargs = dict(max_new_tokens=int(g["max_new_tokens"]), do_sample=bool(g["do_sample"]),
-                              pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-                if g["do_sample"]:
-                    kwargs.update(temperature=float(g["temperature"]), top_k=int(g["top_k"]))
-                out = self.model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-                texts.append(tok.decode(out[0], skip_special_tokens=True))
-        self.model.train(was_training)
-        return texts
+    def predict(self, inputs: Sequence[Mapping[str, Any] | str], datamodule: Any, batch_size: int = 16) -> list[dict]:
+        from lmforge.tasks.base import as_records
+
+        records = as_records(inputs, datamodule.input_fields)
+        field = datamodule.input_fields[0]
+        texts = generate(self.trainable(), datamodule.tokenizer, [r[field] for r in records], self.generation)
+        return [{**r, "generated_text": t} for r, t in zip(records, texts)]
+
+    @classmethod
+    def records_from_pipeline(cls, pipe: Any, inputs: Sequence[Mapping[str, Any] | str],
+                              generation: Mapping | None = None, **kwargs: Any) -> list[dict]:
+        settings = {**DEFAULTS, **dict(generation or {})}
+        gen = {k: v for k, v in generation_kwargs({k: v for k, v in settings.items() if k != "batch_size"},
+                                                  pipe.tokenizer).items() if v is not None}
+        prompts = [x if isinstance(x, str) else x["text"] for x in inputs]
+        torch.manual_seed(int(settings["seed"]))
+        outs = [pipe(p, return_full_text=True, **gen)[0] for p in prompts]
+        return [{"generated_text": o["generated_text"]} for o in outs]
 
     def log_generations(self, texts: list[str]) -> None:
         if not self.trainer.is_global_zero:
             return
+        from lmforge.loggers import log_table
+
         step = self.global_step
-        rows = [{"step": step, "prompt": p, "text": t} for p, t in zip(self.prompts, texts)]
-        rank_zero_info("\n".join([f"generated at step {step}:"] + [f"  [{r['prompt']}] {r['text']!r}" for r in rows]))
-        folder = Path(self.trainer.default_root_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "generations.jsonl", "a", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-        for lg in self.loggers:
-            name = type(lg).__name__
-            try:
-                if name == "TensorBoardLogger":
-                    md = "\n\n".join(f"**{r['prompt']}** → {r['text']}" for r in rows)
-                    lg.experiment.add_text("val/generations", md, global_step=step)
-                elif name == "WandbLogger":
-                    lg.log_text(key="val/generations", columns=["step", "prompt", "text"],
-                                data=[[r["step"], r["prompt"], r["text"]] for r in rows])
-                elif name == "MLFlowLogger":
-                    lg.experiment.log_text(lg.run_id, "\n".join(r["text"] for r in rows), f"generations/step{step:07d}.txt")
-            except Exception as e:  # a logger that cannot take text must not stop training
-                log.warning("could not log generations to %s: %s", name, e)
+        rank_zero_info("\n".join([f"generated at step {step}:"] + [f"  [{p}] {t!r}" for p, t in zip(self.prompts, texts)]))
+        log_table(self.trainer, "generations", ["prompt", "text"], [[p, t] for p, t in zip(self.prompts, texts)])

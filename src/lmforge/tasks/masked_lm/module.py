@@ -3,72 +3,92 @@
 From scratch (``model=bert|roberta model/size=...``) or continued from a checkpoint
 (``model=minilm``: the MiniLM encoder has no MLM head, so the head starts fresh; loading says so).
 Metrics: ``train/loss``; ``val/loss`` (mean cross-entropy over the masked positions),
-``val/perplexity`` (its exponential) and ``val/accuracy`` (masked-token top-1).
+``val/perplexity`` (its exponential) and ``val/accuracy`` (masked-token top-1). Prediction fills
+the first mask token of a text with the ``task.top_k`` likeliest tokens, as
+``pipeline("fill-mask")`` (which serves the export) does.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 import torchmetrics as tm
 from transformers import AutoModelForMaskedLM
 
 from lmforge.data.masking import IGNORE_INDEX
-from lmforge.tasks.base import LMForgeModule
+from lmforge.metrics import LanguageModelMetrics
+from lmforge.tasks.base import TaskModule
+from lmforge.utils.errors import DataError
 
 
-class MaskedLMModule(LMForgeModule):
+class MaskedLMModule(TaskModule):
     auto_cls = AutoModelForMaskedLM
+    pipeline_task = "fill-mask"
+    prediction_fields = ("predictions",)
 
-    def __init__(self, model: Mapping, optimizer: Mapping, scheduler: Mapping):
-        super().__init__(model, optimizer, scheduler)
-        self.metrics: torch.nn.ModuleDict | None = None
+    def __init__(self, model: Mapping, optimizer: Mapping, scheduler: Mapping, top_k: int = 5, **kwargs: Any):
+        super().__init__(model, optimizer, scheduler, **kwargs)
+        self.top_k = int(top_k)
 
-    def configure_model(self) -> None:
-        super().configure_model()
-        if self.metrics is None:
-            self.metrics = torch.nn.ModuleDict({
-                s: torch.nn.ModuleDict({"loss": tm.MeanMetric(), "accuracy": tm.MeanMetric()}) for s in ("val", "test")})
+    def make_metrics(self) -> tm.MetricCollection:
+        return tm.MetricCollection({"lm": LanguageModelMetrics(ignore_index=IGNORE_INDEX)})
 
-    def forward(self, batch: dict) -> Any:
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=batch["labels"])
+    def model_inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
 
     def on_train_epoch_start(self) -> None:
         dm = self.trainer.datamodule
         if dm is not None and hasattr(dm, "set_epoch"):
             dm.set_epoch(self.current_epoch)  # streaming datasets: Lightning only tells samplers
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self(batch).loss
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        return loss
+    def loss(self, outputs: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        logits = outputs.logits
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch["labels"].reshape(-1),
+                               ignore_index=IGNORE_INDEX)
 
-    def _eval_step(self, batch: dict, stage: str) -> None:
-        out = self(batch)
-        labels = batch["labels"]
-        masked = labels != IGNORE_INDEX
-        n = int(masked.sum())
-        correct = (out.logits.argmax(-1)[masked] == labels[masked]).float().mean()
-        self.metrics[stage]["loss"].update(out.loss.detach().float(), weight=n)
-        self.metrics[stage]["accuracy"].update(correct, weight=n)
+    def update_metrics(self, metrics: tm.MetricCollection, outputs: Any, batch: Mapping[str, torch.Tensor],
+                       loss: torch.Tensor) -> None:
+        metrics["lm"].update(outputs.logits, batch["labels"])
 
-    def _eval_epoch_end(self, stage: str) -> None:
-        m = self.metrics[stage]
-        loss, acc = m["loss"].compute(), m["accuracy"].compute()  # weighted by masked tokens, synced across ranks
-        self.log_dict({f"{stage}/loss": loss, f"{stage}/perplexity": torch.exp(loss), f"{stage}/accuracy": acc},
-                      prog_bar=stage == "val")
-        m["loss"].reset()
-        m["accuracy"].reset()
+    # -- prediction: fill the mask ---------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, inputs: Sequence[Mapping[str, Any] | str], datamodule: Any, batch_size: int = 64) -> list[dict]:
+        from lmforge.tasks.base import as_records
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        tok = datamodule.tokenizer
+        records = as_records(inputs, datamodule.input_fields)
+        field = datamodule.input_fields[0]
+        for i, r in enumerate(records):
+            if tok.mask_token not in r[field]:
+                raise DataError(f"prediction input {i + 1}: {r[field]!r} holds no mask token {tok.mask_token!r} "
+                                "(masked LM fills it in)")
+        model = self.trainable()
+        was_training = model.training
+        model.eval()
+        out = []
+        try:
+            for start in range(0, len(records), batch_size):
+                chunk = records[start: start + batch_size]
+                enc = tok([r[field] for r in chunk], padding=True, truncation=True, return_tensors="pt").to(self.device)
+                logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float()
+                for row, ids in zip(logits, enc["input_ids"]):
+                    pos = int((ids == tok.mask_token_id).nonzero()[0, 0])
+                    probs = row[pos].softmax(-1)
+                    top = probs.topk(self.top_k)
+                    out.append({"predictions": [{"token_str": tok.decode([int(t)]).strip(), "score": float(s)}
+                                                for s, t in zip(top.values.cpu(), top.indices.cpu())]})
+        finally:
+            model.train(was_training)
+        return [{**r, **p} for r, p in zip(records, out)]
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
+    @classmethod
+    def records_from_pipeline(cls, pipe: Any, inputs: Sequence[Mapping[str, Any] | str], top_k: int = 5,
+                              **kwargs: Any) -> list[dict]:
+        texts = [x if isinstance(x, str) else x["text"] for x in inputs]
+        outs = pipe(texts, top_k=top_k)
+        if texts and len(texts) == 1:
+            outs = [outs]
+        return [{"predictions": [{"token_str": o["token_str"].strip(), "score": float(o["score"])} for o in res]}
+                for res in outs]

@@ -1,0 +1,349 @@
+"""Load checkpoints without running code from them.
+
+A checkpoint is a pickle, and unpickling can call any function the file names: a checkpoint from a
+colleague or the Hub could run anything on this machine. So lmforge reads every checkpoint with
+``torch.load(..., weights_only=True)``, whose unpickler builds tensors, plain containers and numbers
+and refuses every other type unless it is allow-listed. Nothing is allow-listed beyond torch's own
+defaults, because nothing else is needed: lmforge stores its hyperparameters and model facts as plain
+dicts, and Lightning stores loop, callback, optimizer and scheduler state as dicts, lists, numbers,
+strings and tensors (checked against the checkpoints of every task, single process and FSDP2).
+
+FSDP2 sharded checkpoints (a folder written by Lightning's ModelParallelStrategy: ``meta.pt``,
+``.metadata``, ``__<rank>_0.distcp``) have two more pickles: ``.metadata``, which torch's distributed
+checkpoint reader unpickles with plain ``pickle.load``, and the non-tensor values inside the
+``.distcp`` files (optimizer hyperparameters), which it loads with ``weights_only=False``. lmforge
+reads ``.metadata`` with an unpickler that knows only the metadata classes (``DCP_METADATA_GLOBALS``)
+and the values with ``weights_only=True``.
+
+A checkpoint that asks for anything else is refused with :class:`UnsafeCheckpointError`, naming the
+file and the type; ``unsafe_load=true`` (``unsafe=True`` here) loads a checkpoint the user trusts,
+after a warning.
+
+Lightning's own resume (``trainer.fit(ckpt_path=...)``) loads ``.ckpt`` files and ``meta.pt`` with
+``weights_only`` as passed to ``fit``, but the sharded folder's ``.metadata`` and values with plain
+pickle; :func:`fit_checkpoint_kwargs` checks a checkpoint with the safe readers first and returns the
+``fit``/``test`` arguments that keep Lightning on ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Callable
+
+import torch
+
+from lmforge.utils.errors import LMForgeError
+
+log = logging.getLogger(__name__)
+
+UNSAFE_HINT = ("If you trust this checkpoint (you or someone you trust wrote it), load it with unsafe_load=true, "
+               "which unpickles it with weights_only=False and can run any code the file names.")
+
+# Types that ``torch.load(weights_only=True)`` must accept for lmforge's and Lightning's own checkpoints,
+# beyond torch's defaults (tensors and storages, OrderedDict, dtypes, torch.Size, plain containers).
+# Empty: the checkpoints of every task (text classification, masked LM, causal LM), single process and
+# FSDP2 ``meta.pt``, hold only plain containers, numbers, strings and tensors (lmforge saves its
+# hyperparameters as dicts, not OmegaConf containers; Lightning stores ``dict(hparams)``, not its
+# AttributeDict). Add a type here only with a checkpoint that needs it and a test that saves one.
+CHECKPOINT_SAFE_GLOBALS: tuple[Any, ...] = ()
+
+
+class CheckpointError(LMForgeError):
+    """A checkpoint cannot be read (missing, not a checkpoint, corrupt)."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint asks for a type that lmforge does not allow-list; unpickling it could run code."""
+
+    def __init__(self, path: str | Path, wanted: str):
+        self.path, self.wanted = str(path), wanted
+        super().__init__(f"{path}: refused to load: the checkpoint asks for {wanted}, which is not a type that "
+                         f"lmforge's or Lightning's checkpoints contain, and unpickling it could run code. "
+                         f"{UNSAFE_HINT}")
+
+
+# -- torch.load with weights_only ------------------------------------------------------------------------
+
+
+def register_safe_globals() -> None:
+    """Allow-list ``CHECKPOINT_SAFE_GLOBALS`` process-wide, so Lightning's ``weights_only=True`` loads
+    (``trainer.fit/test(..., weights_only=True)``) accept what lmforge's loader accepts. Idempotent."""
+    add = getattr(torch.serialization, "add_safe_globals", None)
+    if add is not None and CHECKPOINT_SAFE_GLOBALS:
+        add(list(CHECKPOINT_SAFE_GLOBALS))
+
+
+def _wanted_global(err: BaseException) -> str:
+    """The type a refused ``weights_only`` load asked for, from torch's error message."""
+    text = str(err)
+    m = re.search(r"Unsupported global: GLOBAL (\S+) was not an allowed global", text)
+    if m:
+        name = m.group(1)
+        return name if "." in name else f"builtins.{name}"
+    m = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    if m:
+        return f"something the safe unpickler refuses ({m.group(1).strip().rstrip('.')})"
+    return f"something the safe unpickler refuses ({text.strip().splitlines()[0] if text.strip() else type(err).__name__})"
+
+
+def _is_weights_only_refusal(err: BaseException) -> bool:
+    return isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in str(err)
+
+
+def _torch_load_safe(source: Any, name: str | Path, **kwargs: Any) -> Any:
+    """``torch.load(weights_only=True)`` with lmforge's allow-list; a refusal is an UnsafeCheckpointError."""
+    ctx = getattr(torch.serialization, "safe_globals", None)
+    try:
+        if ctx is not None and CHECKPOINT_SAFE_GLOBALS:
+            with ctx(list(CHECKPOINT_SAFE_GLOBALS)):
+                return torch.load(source, weights_only=True, **kwargs)
+        return torch.load(source, weights_only=True, **kwargs)
+    except Exception as e:
+        if _is_weights_only_refusal(e):
+            raise UnsafeCheckpointError(name, _wanted_global(e)) from None
+        raise CheckpointError(f"{name}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+
+
+# -- the sharded (DCP) checkpoint's metadata pickle ---------------------------------------------------------
+
+
+def _dcp_metadata_globals() -> dict[tuple[str, str], Any]:
+    from torch.distributed.checkpoint import filesystem, metadata
+
+    allowed: dict[tuple[str, str], Any] = {}
+    for name in ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+                 "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING"):
+        if hasattr(metadata, name):
+            allowed[("torch.distributed.checkpoint.metadata", name)] = getattr(metadata, name)
+    allowed[("torch.distributed.checkpoint.filesystem", "_StorageInfo")] = filesystem._StorageInfo
+    allowed[("torch", "Size")] = torch.Size
+    allowed[("torch.serialization", "_get_layout")] = torch.serialization._get_layout
+    # StorageMeta.checkpoint_id is the path the folder was saved to: read it as an inert pure path
+    for module in ("pathlib", "pathlib._local"):
+        for cls in ("Path", "PosixPath", "PurePosixPath"):
+            allowed[(module, cls)] = PurePosixPath
+        for cls in ("WindowsPath", "PureWindowsPath"):
+            allowed[(module, cls)] = PureWindowsPath
+    return allowed
+
+
+# what a sharded checkpoint's ``.metadata`` may name (module, name) -> object; dtypes (``torch.float32``, ...)
+# are accepted too. Every entry is data: dataclasses of sizes, offsets and file names, an enum, torch.Size,
+# torch's layout lookup by name, and paths that are read as pure (inert) paths.
+DCP_METADATA_GLOBALS_DOC = (
+    "torch.distributed.checkpoint.metadata.{Metadata, TensorStorageMetadata, BytesStorageMetadata, "
+    "ChunkStorageMetadata, TensorProperties, MetadataIndex, StorageMeta, _MEM_FORMAT_ENCODING}, "
+    "torch.distributed.checkpoint.filesystem._StorageInfo, torch.Size, torch.<dtype>, "
+    "torch.serialization._get_layout, pathlib paths (as pure paths)")
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, name: str | Path):
+        super().__init__(file)
+        self.name = name
+        self.allowed = _dcp_metadata_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.allowed:
+            return self.allowed[(module, name)]
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise UnsafeCheckpointError(self.name, f"{module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafeCheckpointError(self.name, f"a persistent object ({pid!r})")
+
+
+def read_dcp_metadata(path: str | Path) -> Any:
+    """A sharded checkpoint's ``.metadata`` (a ``torch.distributed.checkpoint.Metadata``), read without
+    running code: only the metadata classes are resolved; anything else is an UnsafeCheckpointError."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return _MetadataUnpickler(f, path).load()
+    except (UnsafeCheckpointError, FileNotFoundError):
+        raise
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable sharded-checkpoint metadata file ({type(e).__name__}: {e})") from e
+
+
+def _safe_reader_and_planner(folder: Path, keys: set[str] | None):
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            rank = kwargs.get("rank")
+            meta_file = folder / (".metadata" if rank is None else f"__{rank}.metadata")
+            metadata = read_dcp_metadata(meta_file)
+            if hasattr(metadata, "storage_meta"):
+                from torch.distributed.checkpoint.metadata import StorageMeta
+
+                if metadata.storage_meta is None:
+                    metadata.storage_meta = StorageMeta()
+                metadata.storage_meta.load_id = getattr(self, "load_id", None)
+            return metadata
+
+    class SafePlanner(_EmptyStateDictLoadPlanner):
+        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+            # the value is checked by the safe unpickler; torch's planner then reads our re-serialization of it
+            fqn = read_item.dest_index.fqn
+            obj = _torch_load_safe(value, f"{folder} (value {fqn})")
+            clean = io.BytesIO()
+            torch.save(obj, clean)
+            clean.seek(0)
+            super().load_bytes(read_item, clean)
+
+    try:
+        planner = SafePlanner(keys=keys) if keys is not None else SafePlanner()
+    except TypeError:  # older torch: no key filter, read everything
+        planner = SafePlanner()
+    return SafeReader(str(folder)), planner
+
+
+def _torch_reads_dcp_tensors_safely() -> bool:
+    """torch >= 2.6 reads a sharded checkpoint's tensor items with ``weights_only=True``."""
+    major, minor = (int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+    return (major, minor) >= (2, 6)
+
+
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / "meta.pt").is_file()
+
+
+def _load_sharded(folder: Path, keys: set[str] | None = None) -> dict:
+    """The sharded checkpoint's tensors and values as one (unflattened) dict, in this process."""
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    if not _torch_reads_dcp_tensors_safely():
+        raise UnsafeCheckpointError(folder, "tensor items that torch < 2.6 reads with weights_only=False "
+                                            "(upgrade torch to read sharded checkpoints safely)")
+    reader, planner = _safe_reader_and_planner(folder, keys)
+    state: dict = {}
+    _load_state_dict(state, storage_reader=reader, planner=planner, no_dist=True)
+    return state
+
+
+def _load_sharded_unsafe(folder: Path) -> dict:
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    state: dict = {}
+    _load_state_dict(state, storage_reader=FileSystemReader(str(folder)), planner=_EmptyStateDictLoadPlanner(),
+                     no_dist=True)
+    return state
+
+
+# -- the public loaders ---------------------------------------------------------------------------------
+
+
+def _warn_unsafe(path: Path) -> None:
+    log.warning("unsafe_load=true: unpickling %s with weights_only=False; this runs any code the file names. "
+                "Use it only for checkpoints you trust.", path)
+
+
+def load_checkpoint(path: str | Path, unsafe: bool = False) -> dict:
+    """A Lightning checkpoint as one dict on the CPU: a ``.ckpt`` file, or an FSDP2 sharded checkpoint folder
+    (``meta.pt`` plus the full, unsharded ``state_dict``; optimizer states are not read).
+
+    Read with ``weights_only=True`` and lmforge's allow-list; a file that asks for anything else raises
+    :class:`UnsafeCheckpointError`. ``unsafe=True`` unpickles with ``weights_only=False`` after a warning.
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        if unsafe:
+            _warn_unsafe(path)
+            return torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = _torch_load_safe(path, path, map_location="cpu")
+        if not isinstance(ckpt, dict):
+            raise CheckpointError(f"{path}: not a Lightning checkpoint (holds a {type(ckpt).__name__}, not a dict)")
+        return ckpt
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint file or sharded checkpoint folder")
+    meta = path / "meta.pt"
+    if not meta.is_file():
+        raise FileNotFoundError(f"{path}: neither a checkpoint file nor a sharded checkpoint folder (no meta.pt)")
+    if unsafe:
+        _warn_unsafe(path)
+        ckpt = torch.load(meta, map_location="cpu", weights_only=False)
+        ckpt["state_dict"] = _load_sharded_unsafe(path)["state_dict"]
+        return ckpt
+    ckpt = _torch_load_safe(meta, meta, map_location="cpu")
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{meta}: not a Lightning checkpoint (holds a {type(ckpt).__name__}, not a dict)")
+    full = _load_sharded(path, keys={"state_dict"})
+    if "state_dict" not in full:
+        raise CheckpointError(f"{path}: the sharded checkpoint holds no state_dict (has {', '.join(sorted(full))})")
+    ckpt["state_dict"] = full["state_dict"]
+    return ckpt
+
+
+def _read_slice(folder: Path, info: Any) -> bytes:
+    with open(folder / info.relative_path, "rb") as f:
+        f.seek(info.offset)
+        return f.read(info.length)
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """Check, without keeping or fully reading it, that a checkpoint loads with the safe readers.
+
+    A ``.ckpt`` file is loaded memory-mapped with ``weights_only=True`` (tensor data is not read). A sharded
+    folder: ``meta.pt`` likewise, ``.metadata`` with the metadata-only unpickler, and every non-tensor value
+    in the ``.distcp`` files with ``weights_only=True`` (these are small: optimizer hyperparameters).
+    Raises :class:`UnsafeCheckpointError` (or :class:`CheckpointError`) otherwise.
+    """
+    path = Path(path).expanduser()
+    files = [path] if path.is_file() else [path / "meta.pt"]
+    if not files[0].is_file():
+        raise FileNotFoundError(f"{path}: neither a checkpoint file nor a sharded checkpoint folder (no meta.pt)")
+    for f in files:
+        try:
+            _torch_load_safe(f, f, map_location="cpu", mmap=True)
+        except CheckpointError as e:
+            if isinstance(e, UnsafeCheckpointError):
+                raise
+            _torch_load_safe(f, f, map_location="cpu")  # not mmap-able (old format): read it whole
+    if path.is_file():
+        return
+    if not _torch_reads_dcp_tensors_safely():
+        raise UnsafeCheckpointError(path, "tensor items that torch < 2.6 reads with weights_only=False "
+                                          "(upgrade torch to resume sharded checkpoints safely)")
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    metadata = read_dcp_metadata(path / ".metadata")
+    byte_keys = {k for k, v in metadata.state_dict_metadata.items() if isinstance(v, BytesStorageMetadata)}
+    for index, info in (metadata.storage_data or {}).items():
+        if index.fqn not in byte_keys:
+            continue
+        if getattr(info, "transform_descriptors", None):
+            _load_sharded(path, keys=byte_keys)  # transformed (e.g. compressed) items: let torch's reader decode
+            return
+        _torch_load_safe(io.BytesIO(_read_slice(path, info)), f"{path / info.relative_path} (value {index.fqn})")
+
+
+def fit_checkpoint_kwargs(ckpt_path: str | Path | None, unsafe: bool = False) -> dict[str, Any]:
+    """The arguments for ``trainer.fit/validate/test(...)`` that resume from ``ckpt_path`` safely.
+
+    Registers the allow-list, checks the checkpoint with :func:`verify_checkpoint` (Lightning reads a sharded
+    folder's ``.metadata`` and values with plain pickle, so they are checked here first), and returns
+    ``{"ckpt_path": ..., "weights_only": True}``; with ``unsafe=True``, a warning and ``weights_only=False``.
+    """
+    if not ckpt_path:
+        return {"ckpt_path": None}
+    register_safe_globals()
+    if unsafe:
+        _warn_unsafe(Path(ckpt_path))
+        return {"ckpt_path": str(ckpt_path), "weights_only": False}
+    verify_checkpoint(ckpt_path)
+    return {"ckpt_path": str(ckpt_path), "weights_only": True}
+
+
+def load_state_dict_into(module: torch.nn.Module, path: str | Path, unsafe: bool = False,
+                         loader: Callable[..., dict] = load_checkpoint) -> None:
+    """``module.load_state_dict`` from a checkpoint read by :func:`load_checkpoint`."""
+    module.load_state_dict(loader(path, unsafe=unsafe)["state_dict"])

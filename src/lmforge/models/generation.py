@@ -1,0 +1,76 @@
+"""Text generation shared by the generative tasks (causal LM now, seq2seq and instruction tuning next).
+
+Decoding settings come from the task config (``task.generation``): ``max_new_tokens``, ``do_sample``,
+``temperature``, ``top_k``, ``top_p``, ``num_beams``, ``repetition_penalty`` and ``seed``. Prompts are
+generated in batches; decoder-only models are padded on the left so every prompt ends where its new
+tokens begin. The seed is fixed for sampling, and the caller's RNG state is left untouched, so
+generating during training does not change the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+DEFAULTS = {"max_new_tokens": 40, "do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0,
+            "num_beams": 1, "repetition_penalty": 1.0, "seed": 0, "batch_size": 16}
+KNOWN = set(DEFAULTS)
+
+
+def generation_kwargs(settings: Mapping[str, Any], tokenizer: Any) -> dict[str, Any]:
+    """``model.generate`` keyword arguments from the task's decoding settings."""
+    from lmforge.utils.errors import ConfigError
+
+    unknown = set(settings) - KNOWN
+    if unknown:
+        raise ConfigError(f"task.generation: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(KNOWN))}")
+    g = {**DEFAULTS, **settings}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    kwargs: dict[str, Any] = dict(max_new_tokens=int(g["max_new_tokens"]), do_sample=bool(g["do_sample"]),
+                                  num_beams=int(g["num_beams"]), pad_token_id=pad)
+    if float(g["repetition_penalty"]) != 1.0:
+        kwargs["repetition_penalty"] = float(g["repetition_penalty"])
+    if g["do_sample"]:
+        kwargs.update(temperature=float(g["temperature"]), top_k=int(g["top_k"]), top_p=float(g["top_p"]))
+    else:  # greedy/beam: no sampling knobs (transformers warns about unused ones)
+        kwargs.update(temperature=None, top_k=None, top_p=None)
+    return kwargs
+
+
+@torch.no_grad()
+def generate(model: Any, tokenizer: Any, prompts: Sequence[str], settings: Mapping[str, Any] | None = None,
+             add_special_tokens: bool = False) -> list[str]:
+    """The decoded output for each prompt (for decoder-only models: the prompt followed by its continuation,
+    as ``transformers.pipeline("text-generation")`` returns it; for encoder-decoders: the generated text)."""
+    settings = dict(settings or {})
+    kwargs = generation_kwargs(settings, tokenizer)
+    batch_size = int(settings.get("batch_size", DEFAULTS["batch_size"]))
+    decoder_only = not getattr(model.config, "is_encoder_decoder", False)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    side = tokenizer.padding_side
+    if decoder_only:
+        tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    out_texts: list[str] = []
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(settings.get("seed", DEFAULTS["seed"])))
+            for start in range(0, len(prompts), batch_size):
+                chunk = [str(p) for p in prompts[start: start + batch_size]]
+                enc = tokenizer(chunk, add_special_tokens=add_special_tokens, padding=True, return_tensors="pt")
+                ids, mask = enc["input_ids"], enc["attention_mask"]
+                if ids.shape[1] == 0:  # only empty prompts: start from the beginning-of-text token
+                    start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+                    ids = torch.full((len(chunk), 1), start_id)
+                    mask = torch.ones_like(ids)
+                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+                out_texts.extend(tokenizer.batch_decode(out, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return out_texts
