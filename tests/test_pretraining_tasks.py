@@ -18,9 +18,10 @@ from omegaconf import open_dict
 
 from conftest import ROOT, needs_shared, run_script
 from lmforge.callbacks.throughput import flops_per_token, model_shape
-from lmforge.data.lm_datamodule import ResumableBlockSampler
+from lmforge.data.samplers import ResumableSampler
 from lmforge.data.masking import IGNORE_INDEX
 from lmforge.models.factory import build_model, parameter_counts
+from lmforge.checkpoints import load_checkpoint
 from lmforge.train import build_datamodule, resolve_ckpt_path, train
 from lmforge.utils.errors import ConfigError, DataError
 
@@ -109,7 +110,7 @@ def test_mfu_formula() -> None:
 
 def test_block_sampler_shards_epochs_and_resumes() -> None:
     n, bs = 103, 4
-    samplers = [ResumableBlockSampler(n, bs, num_batches=40, seed=3, rank=r, world_size=2) for r in range(2)]
+    samplers = [ResumableSampler(n, bs, num_batches=40, seed=3, rank=r, world_size=2) for r in range(2)]
     streams = [list(s) for s in samplers]
     per_rank = n // 2
     for k in range(3):  # each data epoch: the two ranks together see n//2*2 distinct blocks, once each
@@ -117,10 +118,10 @@ def test_block_sampler_shards_epochs_and_resumes() -> None:
         assert len(epoch) == len(set(epoch)) == per_rank * 2
     assert streams[0][:per_rank] != streams[0][per_rank:2 * per_rank]  # reshuffled per data epoch
     # resumed after 7 batches: the rest of the stream; extended to 50 batches after all 40: the next 10
-    resumed = ResumableBlockSampler(n, bs, num_batches=40, seed=3, rank=1, world_size=2, progress=lambda: (7, 7))
+    resumed = ResumableSampler(n, bs, num_batches=40, seed=3, rank=1, world_size=2, progress=lambda: (7, 7))
     assert list(resumed) == streams[1][7 * bs:]
-    extended = ResumableBlockSampler(n, bs, num_batches=50, seed=3, rank=1, world_size=2, progress=lambda: (40, 0))
-    longer = list(ResumableBlockSampler(n, bs, num_batches=50, seed=3, rank=1, world_size=2))
+    extended = ResumableSampler(n, bs, num_batches=50, seed=3, rank=1, world_size=2, progress=lambda: (40, 0))
+    longer = list(ResumableSampler(n, bs, num_batches=50, seed=3, rank=1, world_size=2))
     assert longer[:40 * bs] == streams[1] and list(extended)[:10 * bs] == longer[40 * bs:]
 
 
@@ -255,7 +256,7 @@ def test_ddp_on_two_cpu_processes(tmp_path, task) -> None:
     run_script(["train.py", *args], timeout=600)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert math.isfinite(metrics["val/perplexity"])
-    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")  # the safe loader reads lmforge's own
     dm_state = next(v for k, v in state.items() if k.endswith("DataModule"))
     assert dm_state["world_size"] == 2 and state["global_step"] == 8
     assert (tmp_path / "run" / "export" / "tokenizer.json").is_file()

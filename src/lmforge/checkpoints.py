@@ -23,6 +23,10 @@ Lightning's own resume (``trainer.fit(ckpt_path=...)``) loads ``.ckpt`` files an
 ``weights_only`` as passed to ``fit``, but the sharded folder's ``.metadata`` and values with plain
 pickle; :func:`fit_checkpoint_kwargs` checks a checkpoint with the safe readers first and returns the
 ``fit``/``test`` arguments that keep Lightning on ``weights_only=True``.
+
+A run folder's ``config.yaml`` is code too: eval.py instantiates its ``_target_``s with its arguments.
+:func:`check_run_config` accepts only the targets lmforge's config tree names (now or before) and
+``torch.optim`` classes, and no ``model.trust_remote_code=true``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import logging
 import pickle
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -57,13 +61,20 @@ class CheckpointError(LMForgeError):
 
 
 class UnsafeCheckpointError(CheckpointError):
-    """A checkpoint asks for a type that lmforge does not allow-list; unpickling it could run code."""
+    """A checkpoint asks for a type that lmforge does not allow-list; unpickling it could run code.
 
-    def __init__(self, path: str | Path, wanted: str):
+    ``wanted`` is the type (``module.name``) it asked for, or, with ``is_type=False``, what else the safe
+    unpickler stopped at (an instruction it does not run)."""
+
+    def __init__(self, path: str | Path, wanted: str, is_type: bool = True):
         self.path, self.wanted = str(path), wanted
-        super().__init__(f"{path}: refused to load: the checkpoint asks for {wanted}, which is not a type that "
-                         f"lmforge's or Lightning's checkpoints contain, and unpickling it could run code. "
-                         f"{UNSAFE_HINT}")
+        if is_type:
+            what = (f"it asks for {wanted}, a type that lmforge's and Lightning's checkpoints do not contain; "
+                    "unpickling it could run code")
+        else:
+            what = (f"the safe unpickler stopped at: {wanted} (it builds only tensors, plain containers and "
+                    "allow-listed types; this file is not a checkpoint lmforge wrote, or it is damaged)")
+        super().__init__(f"{path}: refused to load: {what}. {UNSAFE_HINT}")
 
 
 # -- torch.load with weights_only ------------------------------------------------------------------------
@@ -77,21 +88,23 @@ def register_safe_globals() -> None:
         add(list(CHECKPOINT_SAFE_GLOBALS))
 
 
-def _wanted_global(err: BaseException) -> str:
-    """The type a refused ``weights_only`` load asked for, from torch's error message."""
+def _wanted_global(err: BaseException) -> tuple[str, bool]:
+    """(the type a refused ``weights_only`` load asked for, True), or (what else it refused, False),
+    from torch's error message."""
     text = str(err)
     m = re.search(r"Unsupported global: GLOBAL (\S+) was not an allowed global", text)
     if m:
         name = m.group(1)
-        return name if "." in name else f"builtins.{name}"
-    m = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+        return (name if "." in name else f"builtins.{name}"), True
+    m = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
     if m:
-        return f"something the safe unpickler refuses ({m.group(1).strip().rstrip('.')})"
-    return f"something the safe unpickler refuses ({text.strip().splitlines()[0] if text.strip() else type(err).__name__})"
+        return m.group(1).strip().rstrip("."), False
+    return (text.strip().splitlines()[0] if text.strip() else type(err).__name__), False
 
 
 def _is_weights_only_refusal(err: BaseException) -> bool:
-    return isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in str(err)
+    # torch's safe unpickler refusing a type or an opcode (a truncated or garbage file fails otherwise)
+    return "Weights only load failed" in str(err) or "WeightsUnpickler error" in str(err)
 
 
 def _torch_load_safe(source: Any, name: str | Path, **kwargs: Any) -> Any:
@@ -104,7 +117,7 @@ def _torch_load_safe(source: Any, name: str | Path, **kwargs: Any) -> Any:
         return torch.load(source, weights_only=True, **kwargs)
     except Exception as e:
         if _is_weights_only_refusal(e):
-            raise UnsafeCheckpointError(name, _wanted_global(e)) from None
+            raise UnsafeCheckpointError(name, *_wanted_global(e)) from None
         raise CheckpointError(f"{name}: not a readable checkpoint ({type(e).__name__}: {e})") from e
 
 
@@ -112,6 +125,9 @@ def _torch_load_safe(source: Any, name: str | Path, **kwargs: Any) -> Any:
 
 
 def _dcp_metadata_globals() -> dict[tuple[str, str], Any]:
+    """What a sharded checkpoint's ``.metadata`` may name, (module, name) -> object; dtypes (``torch.float32``,
+    ...) are accepted too. Every entry is data: dataclasses of sizes, offsets and file names, an enum,
+    ``torch.Size``, torch's layout lookup by name, and paths, which are read as inert pure paths."""
     from torch.distributed.checkpoint import filesystem, metadata
 
     allowed: dict[tuple[str, str], Any] = {}
@@ -131,16 +147,6 @@ def _dcp_metadata_globals() -> dict[tuple[str, str], Any]:
     return allowed
 
 
-# what a sharded checkpoint's ``.metadata`` may name (module, name) -> object; dtypes (``torch.float32``, ...)
-# are accepted too. Every entry is data: dataclasses of sizes, offsets and file names, an enum, torch.Size,
-# torch's layout lookup by name, and paths that are read as pure (inert) paths.
-DCP_METADATA_GLOBALS_DOC = (
-    "torch.distributed.checkpoint.metadata.{Metadata, TensorStorageMetadata, BytesStorageMetadata, "
-    "ChunkStorageMetadata, TensorProperties, MetadataIndex, StorageMeta, _MEM_FORMAT_ENCODING}, "
-    "torch.distributed.checkpoint.filesystem._StorageInfo, torch.Size, torch.<dtype>, "
-    "torch.serialization._get_layout, pathlib paths (as pure paths)")
-
-
 class _MetadataUnpickler(pickle.Unpickler):
     def __init__(self, file: Any, name: str | Path):
         super().__init__(file)
@@ -155,7 +161,7 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise UnsafeCheckpointError(self.name, f"{module}.{name}")
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafeCheckpointError(self.name, f"a persistent object ({pid!r})")
+        raise UnsafeCheckpointError(self.name, f"a persistent object ({pid!r})", is_type=False)
 
 
 def read_dcp_metadata(path: str | Path) -> Any:
@@ -168,31 +174,34 @@ def read_dcp_metadata(path: str | Path) -> Any:
     except (UnsafeCheckpointError, FileNotFoundError):
         raise
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable sharded-checkpoint metadata file ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{path}: not a readable sharded-checkpoint metadata file "
+                              f"({type(e).__name__}: {e})") from e
 
 
-def _safe_reader_and_planner(folder: Path, keys: set[str] | None):
+def _safe_reader_and_planner(folder: Path, metadata: Any, keys: set[str] | None, refusals: list):
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
 
     class SafeReader(FileSystemReader):
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-            rank = kwargs.get("rank")
-            meta_file = folder / (".metadata" if rank is None else f"__{rank}.metadata")
-            metadata = read_dcp_metadata(meta_file)
-            if hasattr(metadata, "storage_meta"):
+            # the folder's global .metadata, already read by the metadata-only unpickler
+            if getattr(metadata, "storage_meta", "absent") is None:
                 from torch.distributed.checkpoint.metadata import StorageMeta
 
-                if metadata.storage_meta is None:
-                    metadata.storage_meta = StorageMeta()
-                metadata.storage_meta.load_id = getattr(self, "load_id", None)
+                metadata.storage_meta = StorageMeta()
+            if getattr(metadata, "storage_meta", None) is not None and hasattr(self, "load_id"):
+                metadata.storage_meta.load_id = self.load_id
             return metadata
 
     class SafePlanner(_EmptyStateDictLoadPlanner):
         def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
             # the value is checked by the safe unpickler; torch's planner then reads our re-serialization of it
             fqn = read_item.dest_index.fqn
-            obj = _torch_load_safe(value, f"{folder} (value {fqn})")
+            try:
+                obj = _torch_load_safe(value, f"{folder} (value {fqn})")
+            except CheckpointError as e:
+                refusals.append(e)  # torch's loader wraps exceptions; _load_sharded raises this one
+                raise
             clean = io.BytesIO()
             torch.save(obj, clean)
             clean.seek(0)
@@ -217,14 +226,22 @@ def is_sharded_checkpoint(path: str | Path) -> bool:
 
 def _load_sharded(folder: Path, keys: set[str] | None = None) -> dict:
     """The sharded checkpoint's tensors and values as one (unflattened) dict, in this process."""
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
     if not _torch_reads_dcp_tensors_safely():
-        raise UnsafeCheckpointError(folder, "tensor items that torch < 2.6 reads with weights_only=False "
-                                            "(upgrade torch to read sharded checkpoints safely)")
-    reader, planner = _safe_reader_and_planner(folder, keys)
+        raise UnsafeCheckpointError(folder, "tensor items, which torch < 2.6 reads with weights_only=False "
+                                            "(torch >= 2.6 reads sharded checkpoints safely)", is_type=False)
+    metadata = read_dcp_metadata(folder / ".metadata")
+    refusals: list[CheckpointError] = []
+    reader, planner = _safe_reader_and_planner(folder, metadata, keys, refusals)
     state: dict = {}
-    _load_state_dict(state, storage_reader=reader, planner=planner, no_dist=True)
+    try:
+        _load_state_dict(state, storage_reader=reader, planner=planner, no_dist=True)
+    except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
+        if refusals:
+            raise refusals[0] from None
+        raise CheckpointError(f"{folder}: the sharded checkpoint could not be read ({type(e).__name__}: {e})") from e
     return state
 
 
@@ -311,8 +328,8 @@ def verify_checkpoint(path: str | Path) -> None:
     if path.is_file():
         return
     if not _torch_reads_dcp_tensors_safely():
-        raise UnsafeCheckpointError(path, "tensor items that torch < 2.6 reads with weights_only=False "
-                                          "(upgrade torch to resume sharded checkpoints safely)")
+        raise UnsafeCheckpointError(path, "tensor items, which torch < 2.6 reads with weights_only=False "
+                                          "(torch >= 2.6 resumes sharded checkpoints safely)", is_type=False)
     from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 
     metadata = read_dcp_metadata(path / ".metadata")
@@ -343,7 +360,93 @@ def fit_checkpoint_kwargs(ckpt_path: str | Path | None, unsafe: bool = False) ->
     return {"ckpt_path": str(ckpt_path), "weights_only": True}
 
 
-def load_state_dict_into(module: torch.nn.Module, path: str | Path, unsafe: bool = False,
-                         loader: Callable[..., dict] = load_checkpoint) -> None:
-    """``module.load_state_dict`` from a checkpoint read by :func:`load_checkpoint`."""
-    module.load_state_dict(loader(path, unsafe=unsafe)["state_dict"])
+# -- a run folder's config.yaml (eval.py rebuilds the run from it) --------------------------------------
+
+
+class UnsafeRunConfigError(LMForgeError):
+    """A run's saved config names a class to instantiate that lmforge's config tree does not, or asks for
+    remote code: building the run from it could run code lmforge did not ship."""
+
+
+# ``_target_``s that lmforge's config tree named in earlier versions (runs saved then still evaluate)
+PAST_TARGETS = frozenset({
+    "lightning.pytorch.callbacks.ModelCheckpoint", "lightning.pytorch.callbacks.RichModelSummary",
+    "lightning.pytorch.callbacks.RichProgressBar", "lightning.pytorch.loggers.CSVLogger",
+    "lightning.pytorch.strategies.FSDPStrategy", "lightning.pytorch.strategies.ModelParallelStrategy",
+    "lightning.pytorch.strategies.DeepSpeedStrategy", "lightning.pytorch.strategies.DDPStrategy",
+})
+
+
+def _is_torch_optim_class(target: str) -> bool:
+    """``torch.optim.<Optimizer>`` or ``torch.optim.lr_scheduler.<LRScheduler>`` (the README's "any torch.optim class")."""
+    m = re.fullmatch(r"torch\.optim\.(?:(lr_scheduler)\.)?([A-Za-z][A-Za-z0-9]*)", target)
+    if not m:
+        return False
+    owner = torch.optim.lr_scheduler if m.group(1) else torch.optim
+    base = getattr(torch.optim.lr_scheduler, "LRScheduler", None) if m.group(1) else torch.optim.Optimizer
+    obj = getattr(owner, m.group(2), None)
+    return isinstance(obj, type) and base is not None and issubclass(obj, base)
+
+
+def config_tree_targets(*extra_dirs: str | Path) -> set[str]:
+    """Every ``_target_`` named in lmforge's shipped config tree (and in ``extra_dirs``, e.g. the tree in use)."""
+    import yaml
+
+    targets: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "_target_" and isinstance(v, str):
+                    targets.add(v)
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    for folder in (Path(__file__).resolve().parent / "configs", *map(Path, extra_dirs)):
+        for f in sorted(folder.rglob("*.yaml")) if folder.is_dir() else []:
+            try:
+                walk(yaml.safe_load(f.read_text()))
+            except yaml.YAMLError:
+                continue
+    return targets
+
+
+def check_run_config(run_cfg: Any, source: str | Path, unsafe: bool = False) -> None:
+    """Refuse a run config from elsewhere that would instantiate a ``_target_`` lmforge's config tree does not
+    name (``hydra.utils.instantiate`` calls any importable callable with the config's arguments) or that sets
+    ``model.trust_remote_code=true``. ``unsafe=True`` (``unsafe_load=true``) accepts it after a warning."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    node = OmegaConf.to_container(run_cfg, resolve=False) if isinstance(run_cfg, (DictConfig, ListConfig)) else run_cfg
+    problems: list[str] = []
+
+    def walk(n: Any, path: str) -> None:
+        if isinstance(n, dict):
+            for k, v in n.items():
+                if k == "_target_" and str(v) not in allowed and not _is_torch_optim_class(str(v)):
+                    problems.append(f"{path}._target_={v}" if path else f"_target_={v}")
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(n, list):
+            for i, v in enumerate(n):
+                walk(v, f"{path}[{i}]")
+
+    try:
+        from lmforge.cli import config_dir
+
+        allowed = config_tree_targets(config_dir()) | PAST_TARGETS
+    except Exception:  # the package's own tree only
+        allowed = config_tree_targets() | PAST_TARGETS
+    walk(node, "")
+    if isinstance(node, dict) and (node.get("model") or {}).get("trust_remote_code") is True:
+        problems.append("model.trust_remote_code=true")
+    if not problems:
+        return
+    if unsafe:
+        log.warning("unsafe_load=true: building the run from %s, which asks for %s", source, "; ".join(problems))
+        return
+    raise UnsafeRunConfigError(
+        f"{source}: refused: the run's config asks for {'; '.join(problems)}, which lmforge's own configs never "
+        "do (a _target_ is instantiated with the config's arguments; remote code runs the model repository's "
+        "Python files). If you trust this run, pass unsafe_load=true.")

@@ -17,6 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lmforge.callbacks.progress import progress_bar
+from lmforge.checkpoints import check_run_config
 from lmforge.strategies import load_checkpoint_any
 from lmforge.train import _floats, build_datamodule, build_module, print_predictions
 from lmforge.utils.errors import ConfigError, DataError
@@ -58,6 +60,8 @@ def best_checkpoint(run: Path) -> Path:
 def load_run_config(run: Path, cfg: DictConfig, facts: dict) -> DictConfig:
     """The run's config, with eval.py's data changes, the checkpoint's label names and the run's tokenizer."""
     run_cfg = OmegaConf.load(run / "config.yaml")
+    # a shared run folder's config must not name code to instantiate beyond lmforge's own targets
+    check_run_config(run_cfg, run / "config.yaml", unsafe=bool(cfg.get("unsafe_load", False)))
     with open_dict(run_cfg):
         for k, v in (cfg.get("data") or {}).items():
             if v is not None:
@@ -67,6 +71,8 @@ def load_run_config(run: Path, cfg: DictConfig, facts: dict) -> DictConfig:
         if facts.get("id2label"):
             id2label = {int(k): v for k, v in facts["id2label"].items()}
             run_cfg.data.label_names = [id2label[i] for i in sorted(id2label)]
+        if facts.get("problem_type") == "regression" and "problem_type" in run_cfg.data:
+            run_cfg.data.problem_type = "regression"  # an eval file of whole-number scores is still regression
         run_cfg.model.pretrained = False  # the architecture from the run; the weights come from the checkpoint
         export = run / "export"
         if (export / "tokenizer_config.json").is_file():  # the tokenizer the run trained with (or trained itself)
@@ -77,6 +83,11 @@ def load_run_config(run: Path, cfg: DictConfig, facts: dict) -> DictConfig:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L
 
+    from lmforge.utils.quiet import quiet
+    from lmforge.utils.secrets import install_log_redaction
+
+    quiet()
+    install_log_redaction()
     run, ckpt_path = find_run(cfg)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,8 +113,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                             f"(labelled: {', '.join(available) or 'none'}); pass file=<labelled file>")
         trainer = L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, logger=False,
                             precision=run_cfg.trainer.get("precision", "32-true"), enable_checkpointing=False,
-                            enable_model_summary=False, callbacks=[L.pytorch.callbacks.RichProgressBar()])
+                            enable_model_summary=False, callbacks=[progress_bar()])
         module.stage_prefix = {**module.stage_prefix, "test": split}  # metrics named <split>/<metric>
+        module.eval_output_dir = out  # the task's own evaluation files for this split
         trainer.test(module, dataloaders=datamodule.eval_dataloader(split), verbose=False)
         metrics = _floats(trainer.callback_metrics)
         print_metrics(metrics, f"{split} metrics ({cfg.get('file') or f'the run’s {split} split'})")

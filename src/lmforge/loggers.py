@@ -1,21 +1,64 @@
 """Loggers from config, with what a dashboard needs filled in: W&B runs named from the job's
 overrides, grouped by sweep, tagged, carrying the resolved config and the best metric, resumable
-(the run id lives in the run directory), and tables of text samples on every logger that can show them."""
+(the run id lives in the run directory), and tables of text samples on every logger that can show them.
+
+``CSVLogger`` is Lightning's, with a writer that takes the columns of ``metrics.csv`` from the file
+itself, not from its own memory: under ``strategy=ddp_spawn`` each ``fit``/``test`` runs in fresh
+processes holding copies of the logger made before the file existed, and Lightning's writer then
+rewrote the file with the test columns only and failed (``dict contains fields not in fieldnames``)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 import hydra
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from lmforge.utils.secrets import redact_config, redact_override
 
 log = logging.getLogger(__name__)
 
 WANDB_ID_FILE = "wandb_id.txt"
+
+
+class CSVExperimentWriter(ExperimentWriter):
+    """Lightning's CSV writer, whose known columns are the file's header whenever the file exists."""
+
+    def _file_header(self) -> list[str] | None:
+        if not self._fs.isfile(self.metrics_file_path):
+            return None
+        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+            first = f.readline()
+        return next(csv.reader([first]), []) if first.strip() else []
+
+    def save(self) -> None:
+        if self.metrics:
+            header = self._file_header()
+            if header is not None:
+                # another process (a ddp_spawn worker, an earlier fit) may have written it: the file is the truth
+                self.metrics_keys = list(header)
+        super().save()
+
+
+class CSVLogger(_LightningCSVLogger):
+    """``lightning.pytorch.loggers.CSVLogger`` with :class:`CSVExperimentWriter` (same arguments, same files)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> CSVExperimentWriter:
+        if self._experiment is not None:
+            return self._experiment
+        self._fs.makedirs(self.root_dir, exist_ok=True)
+        self._experiment = CSVExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def _hydra_info() -> dict[str, Any]:
@@ -38,7 +81,7 @@ def wandb_settings(cfg: DictConfig, lg: DictConfig, out: Path, resume_from: str 
     lg = lg.copy()
     with open_dict(lg):
         if not lg.get("name"):
-            lg.name = info.get("overrides") or out.name
+            lg.name = redact_override(info.get("overrides") or "") or out.name  # no secret typed on the command line
         if not lg.get("group"):
             lg.group = (f"{cfg.task_name}/{Path(info['sweep_dir']).name}" if info.get("multirun")
                         else str(cfg.task_name))
@@ -83,7 +126,7 @@ def build_loggers(cfg: DictConfig, out: Path | None = None, resume_from: str | N
 @rank_zero_only
 def start_loggers(loggers: Sequence, cfg: DictConfig, out: Path) -> None:
     """Every logger gets the whole resolved config; W&B's run id is kept beside the run."""
-    flat = OmegaConf.to_container(cfg, resolve=True)
+    flat = OmegaConf.to_container(redact_config(cfg), resolve=True)  # secrets stay out of every logger
     for lg in loggers:
         lg.log_hyperparams(flat)
         if type(lg).__name__ == "WandbLogger":
@@ -102,9 +145,11 @@ def finish_loggers(loggers: Sequence, metrics: dict, monitor: str | None, best_s
                     summary[k] = v
 
 
-def log_table(trainer: Any, key: str, columns: list[str], rows: list[list[Any]], out: Path | None = None) -> None:
+def log_table(trainer: Any, key: str, columns: list[str], rows: list[list[Any]], out: Path | None = None,
+              write_file: bool = True) -> None:
     """Text samples (predictions, generations) as a table where the logger shows tables: a W&B table,
-    TensorBoard text (markdown), and always a JSON-lines file in the run directory."""
+    TensorBoard text (markdown), and a JSON-lines file ``<key>.jsonl`` in the run directory unless the
+    caller writes its own (``write_file=False``)."""
     if not trainer.is_global_zero:
         return
     step = int(getattr(trainer, "global_step", 0))
@@ -117,6 +162,8 @@ def log_table(trainer: Any, key: str, columns: list[str], rows: list[list[Any]],
             body = "".join("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in r) + " |\n"
                            for r in rows)
             lg.experiment.add_text(key, head + body, global_step=step)
+    if not write_file:
+        return
     folder = Path(out) if out else Path(trainer.default_root_dir)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f"{key.replace('/', '_')}.jsonl", "a", encoding="utf-8") as f:

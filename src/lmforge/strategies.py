@@ -64,25 +64,15 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def load_checkpoint_any(path: str | Path) -> dict:
-    """A Lightning checkpoint as one dict: a ``.ckpt`` file, or a sharded (distributed) checkpoint folder."""
-    path = Path(path)
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=False)
-    meta = path / "meta.pt"
-    if not meta.is_file():
-        raise FileNotFoundError(f"{path}: neither a checkpoint file nor a sharded checkpoint folder (no meta.pt)")
-    import tempfile
+def load_checkpoint_any(path: str | Path, unsafe: bool = False) -> dict:
+    """A Lightning checkpoint as one dict: a ``.ckpt`` file, or a sharded (distributed) checkpoint folder.
 
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    Read without running code from the file (``lmforge.checkpoints.load_checkpoint``: ``weights_only=True``
+    and an explicit allow-list); ``unsafe=True`` (``unsafe_load=true``) unpickles a trusted checkpoint as is.
+    """
+    from lmforge.checkpoints import load_checkpoint
 
-    ckpt = torch.load(meta, map_location="cpu", weights_only=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        dcp_to_torch_save(path, Path(tmp) / "full.pt")
-        full = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=False)
-    ckpt["state_dict"] = full["state_dict"]
-    return ckpt
-
+    return load_checkpoint(path, unsafe=unsafe)
 
 
 class FSDP2Strategy(ModelParallelStrategy):

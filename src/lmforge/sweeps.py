@@ -1,4 +1,5 @@
-"""Sweep helpers: one GPU (or group of GPUs) per local parallel job, and the SLURM launcher's resolver.
+"""Sweep helpers: one GPU (or group of GPUs) per local parallel job, and the resolvers sweeps need
+before any job exists (the SLURM launcher's counts, the launch directory behind ``paths.root_dir``).
 
 ``assign_device_for_job(cfg)`` is called first thing in ``train()``: under ``-m hydra/launcher=joblib``
 several trials run at once on one machine, and without it every job would see (and Lightning would
@@ -162,6 +163,29 @@ def slurm_int(value: Any, key: str = "value") -> int:
                      f"e.g. {key}=4 (the SLURM job asks for that many; 'auto' cannot be requested)")
 
 
+def launch_dir() -> str:
+    """``${lmforge_cwd:}``: the directory the command was started in.
+
+    Inside a Hydra job this is ``hydra.runtime.cwd`` (right even with ``hydra.job.chdir=true``); outside
+    one (a sweeper or launcher resolving ``hydra.sweep.dir`` or the Optuna storage before any job
+    exists, a notebook composing the config) it is the process's working directory. It replaces
+    ``${hydra:runtime.cwd}`` in ``configs/paths/default.yaml``, which fails outside a job.
+    """
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            cwd = OmegaConf.select(HydraConfig.get(), "runtime.cwd", default=None)
+            if cwd:
+                return str(cwd)
+    except Exception:  # noqa: BLE001  (no usable Hydra config: the process's directory)
+        pass
+    return os.getcwd()
+
+
 def register_resolvers() -> None:
+    """``lmforge_int`` (SLURM counts) and ``lmforge_cwd`` (the launch directory, for ``paths.root_dir``)."""
     if not OmegaConf.has_resolver("lmforge_int"):
         OmegaConf.register_new_resolver("lmforge_int", slurm_int)
+    if not OmegaConf.has_resolver("lmforge_cwd"):
+        OmegaConf.register_new_resolver("lmforge_cwd", launch_dir)

@@ -20,9 +20,11 @@ import hydra
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmforge.callbacks import build_callbacks
+from lmforge.callbacks.final_validation import validate_if_missing
+from lmforge.checkpoints import fit_checkpoint_kwargs, load_checkpoint, register_safe_globals
 from lmforge.loggers import build_loggers, finish_loggers, log_table, start_loggers
 from lmforge.strategies import full_state_dict
 from lmforge.sweeps import assign_device_for_job
@@ -38,12 +40,13 @@ RUN_DATA_KEYS = ("global_batch_size",)
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    from lmforge.models.factory import tokenizer_source
+    from lmforge.models.factory import tokenizer_source, trust_remote_code
 
     # tasks that can train their own tokenizer (pretraining) accept a model that names none
     tokenizer = tokenizer_source(cfg.model, required=cfg.task.get("tokenizer_required", True))
     data = {k: v for k, v in cfg.data.items() if k not in RUN_DATA_KEYS}
-    return _instantiate(cfg.task.datamodule, **data, tokenizer=tokenizer, seed=cfg.seed, _convert_="object")
+    return _instantiate(cfg.task.datamodule, **data, tokenizer=tokenizer, seed=cfg.seed,
+                        trust_remote_code=trust_remote_code(cfg.model), _convert_="object")
 
 
 def build_module(cfg: DictConfig, facts: dict | None = None) -> L.LightningModule:
@@ -122,11 +125,26 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     found = [p for p in runs.glob("*/checkpoints/last.ckpt") if p.resolve().parents[1] != here]
     if not found:
         raise FileNotFoundError(f"ckpt_path=last: no earlier run of {cfg.task_name} has a checkpoints/last.ckpt under {runs}")
-    newest = max(found, key=lambda p: p.stat().st_mtime)
+    # the newest run that trained this model on this data: a run of another corpus or size cannot continue here
+    same = [p for p in found if _same_model_and_data(cfg, p.parents[1] / "config.yaml")]
+    if not same:
+        newest = max(found, key=lambda p: p.stat().st_mtime)
+        raise ConfigError(f"ckpt_path=last: no earlier run of {cfg.task_name} under {runs} has this run's model and "
+                          f"data config (the newest, {newest.parents[1].name}, differs); pass ckpt_path=<file>")
+    newest = max(same, key=lambda p: p.stat().st_mtime)
     log.info("ckpt_path=last: resuming from %s", newest)
     if rank_zero_only.rank == 0:
         print(f"resuming from {newest}")
     return str(newest)
+
+
+def _same_model_and_data(cfg: DictConfig, saved: Path) -> bool:
+    try:
+        old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+    except Exception:
+        return False
+    now = OmegaConf.to_container(cfg, resolve=True)
+    return all(old.get(k) == now.get(k) for k in ("model", "data"))
 
 
 def prepare_run(cfg: DictConfig) -> Path:
@@ -137,10 +155,15 @@ def prepare_run(cfg: DictConfig) -> Path:
         import warnings
 
         warnings.filterwarnings("ignore")
+    from lmforge.utils.secrets import install_log_redaction, redact_config, redact_hydra_files
+
+    install_log_redaction()  # secret environment values never reach the logs
+    shown = redact_config(cfg)  # ... nor the config tree and config.yaml
     if cfg.get("extras", {}).get("print_config", True):
-        print_config_tree(cfg, save_to=out / "config_tree.log")
+        print_config_tree(shown, save_to=out / "config_tree.log")
     if rank_zero_only.rank == 0:
-        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+        OmegaConf.save(shown, out / "config.yaml", resolve=True)
+        redact_hydra_files(out)  # Hydra wrote the command line's overrides into <run>/.hydra before the job
     L.seed_everything(cfg.seed, workers=True)
     return out
 
@@ -151,6 +174,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Leaves the process as it found it (environment, process group, W&B run), so the next job of a
     sweep in this process starts clean.
     """
+    from lmforge.utils.quiet import quiet
+
+    quiet()  # library noise a user cannot act on stays out of the output
     env_before = dict(os.environ)
     try:
         return _train(cfg)
@@ -184,10 +210,13 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()  # read + check + tokenize (or cache hit) before any model is loaded
+    datamodule.setup("fit")  # only loads the cache; tells which splits carry labels
+    validates = "validation" in datamodule.labelled_splits()
+    if not validates:
+        cfg = without_validation(cfg)
     if _spawns_strategy(cfg):
         # ddp_spawn trains in child processes and hands the weights back to this one: the model must
         # exist here first, built from the same facts
-        datamodule.setup("fit")
         module = build_module(cfg, facts=datamodule.model_facts())
         module.configure_model()
     else:
@@ -197,28 +226,30 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg, callbacks, loggers)
     start_loggers(loggers, cfg, out)
 
+    unsafe = bool(cfg.get("unsafe_load", False))
+    register_safe_globals()  # checkpoints load with torch.load(weights_only=True) and this allow-list only
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, **fit_checkpoint_kwargs(ckpt_path, unsafe=unsafe))
+        if validates:  # a resumed run that had already finished trained no step: validate so its metric exists
+            validate_if_missing(trainer, module, datamodule, cfg.task.get("monitor"))
         metrics.update(_floats(trainer.callback_metrics))
     else:
         trainer.strategy.connect(module)
-        datamodule.setup("test")
         module.configure_model()
 
     best = _best_checkpoint(trainer)
     tested = bool(cfg.get("test", True)) and "test" in datamodule.labelled_splits()
     if tested:  # the best checkpoint's weights are loaded into the module, which export and predict use too
-        trainer.test(module, datamodule=datamodule, ckpt_path=best)
+        module.eval_output_dir = out  # the task's own evaluation files (e.g. predictions.conll) go beside the run
+        trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=not unsafe)
         metrics.update(_floats({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
     else:
         if cfg.get("test", True) and rank_zero_only.rank == 0:
             print("no labelled test split: this run reports no test/* metrics "
                   "(add one with data.test_file=..., or evaluate a file later: eval.py run=<run> file=...)")
         if best and Path(best).is_file():  # export and predict with the best weights
-            from lmforge.strategies import load_checkpoint_any
-
-            module.load_state_dict(load_checkpoint_any(best, unsafe=bool(cfg.get("unsafe_load", False)))["state_dict"])
+            module.load_state_dict(load_checkpoint(best, unsafe=unsafe)["state_dict"])
 
     counts = module.parameter_counts()
     metrics.update({"params/total": float(counts["total"]), "params/non_embedding": float(counts["non_embedding"])})
@@ -236,7 +267,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
             print_predictions(records, "predictions on new inputs")
             module.write_predictions(records, out / "predictions.jsonl")
             columns = list(records[0]) if records else []
-            log_table(trainer, "predictions", columns, [[_cell(r.get(c)) for c in columns] for r in records], out)
+            log_table(trainer, "predictions", columns, [[_cell(r.get(c)) for c in columns] for r in records],
+                      write_file=False)  # predictions.jsonl is the task's own file, written above
 
     metrics["time/total_sec"] = time.time() - t0
     metrics["world_size"] = float(trainer.world_size)
@@ -244,6 +276,25 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     ckpt_cb = getattr(trainer, "checkpoint_callback", None)
     finish_loggers(loggers, metrics, cfg.task.get("monitor"), ckpt_cb.best_model_score if ckpt_cb else None)
     return metrics
+
+
+def without_validation(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` for data without a labelled validation split: no validation loop, no early stopping,
+    checkpoints of the newest state only (nothing to rank them by). Said once; the run goes on."""
+    if rank_zero_only.rank == 0:
+        print("no labelled validation split (data.validation_fraction=0 and no validation file): nothing is "
+              "validated, early stopping is off and checkpoints keep the newest state")
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.trainer.limit_val_batches = 0
+        cfg.trainer.num_sanity_val_steps = 0
+        if cfg.get("callbacks"):
+            cfg.callbacks.early_stopping = None
+            if cfg.callbacks.get("model_checkpoint"):
+                cfg.callbacks.model_checkpoint.monitor = None
+                cfg.callbacks.model_checkpoint.save_top_k = 1
+        cfg.optimized_metric = None
+    return cfg
 
 
 def _spawns_strategy(cfg: DictConfig) -> bool:
@@ -256,8 +307,18 @@ def _best_checkpoint(trainer: L.Trainer) -> str | None:
     return best if best and Path(best).exists() else None
 
 
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def _cell(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = value if isinstance(value, str) else json.dumps(_rounded(value), ensure_ascii=False, default=str)
     return text if len(text) <= 200 else text[:197] + "..."
 
 

@@ -130,7 +130,11 @@ def job_return_value(ret: JobReturn) -> tuple[Optional[float], Optional[str]]:
     """(value, None) for a usable objective, (None, why) for a trial to record as FAIL."""
     if ret.status != JobStatus.COMPLETED:
         err = ret._return_value
-        return None, f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else f"job status {ret.status.name}"
+        if not isinstance(err, BaseException):
+            return None, f"job status {ret.status.name}"
+        if getattr(err, "kind", None) and getattr(err, "message", None) is not None:
+            return None, f"{err.kind}: {err.message}"  # lmforge.cli.UserError: the original error's class and message
+        return None, f"{type(err).__name__}: {err}"
     value = ret._return_value
     if value is None:
         return None, "the job returned None (is optimized_metric set and logged?)"

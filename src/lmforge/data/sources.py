@@ -23,6 +23,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,14 @@ RECORD = "__record__"
 FILE = "__file__"  # only where one split is read from several files
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+@dataclass
+class SplitRows:
+    """One split as read: its rows (row dicts, or documents for text corpora) and where they came from."""
+
+    rows: list
+    origin: str
 
 
 def infer_format(path: str | Path) -> str:

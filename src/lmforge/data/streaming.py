@@ -18,6 +18,10 @@ A shard that runs short raises RuntimeError instead of hanging. Use it with ``dr
 With ``shuffle_files=False`` the shards' contents, hence their block counts, are the same every
 epoch; shuffling files moves documents between shards, so leave some margin.
 
+Held-out documents: ``skip`` maps a file to a boolean mask over its documents; the masked ones
+(a validation split carved out of the training files, :func:`lmforge.data.splits.carve_mask`) are
+never streamed, so a streamed corpus and the same corpus held in memory train on the same documents.
+
 Epochs: call ``set_epoch(epoch)`` before each epoch (Lightning does not do it for iterable
 datasets: call it from ``on_train_epoch_start``). DataLoader workers get a copy of the dataset when
 an iterator starts, so ``persistent_workers=True`` would keep the old epoch.
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +72,7 @@ class StreamingPackedDataset(IterableDataset):
         seed: int = 0,
         blocks_per_rank: int | None = None,
         drop_last: bool = True,
+        skip: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         super().__init__()
         if not files:
@@ -87,6 +92,7 @@ class StreamingPackedDataset(IterableDataset):
         self.seed = seed
         self.blocks_per_rank = blocks_per_rank
         self.drop_last = drop_last
+        self.skip = {str(Path(f)): np.asarray(m, dtype=bool) for f, m in (skip or {}).items()}
         self._rank_arg, self._world_size_arg = rank, world_size
         self.rank, self.world_size = self._resolve_rank()
         self.epoch = 0
@@ -120,8 +126,12 @@ class StreamingPackedDataset(IterableDataset):
     # -- the stream -------------------------------------------------------------------------------
 
     def _documents(self, files: list) -> Iterator[str]:
-        """Every document of ``files`` in order (subclasses may hold some out)."""
-        return read_documents(files, self.doc_separator)
+        """The documents of ``files`` in order, without the held-out ones (``skip``)."""
+        for f in files:
+            mask = self.skip.get(str(f))
+            for j, doc in enumerate(read_documents([f], self.doc_separator)):
+                if mask is None or not mask[j]:
+                    yield doc
 
     def _shard_documents(self, shard: int, n_shards: int) -> Iterator[str]:
         files = list(self.files)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import glob
 import os
-import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from lmforge.data.splits import carve
 
 DOC_SEPARATORS = ("blank_line", "line", "file")
 _BOM = b"\xef\xbb\xbf"
@@ -106,23 +107,31 @@ def split_train_validation(
 ) -> tuple[list, list]:
     """Deterministically move ``round(n * validation_fraction)`` documents (at least 1) into a validation split.
 
-    Both splits keep the corpus order. The same ``docs``, fraction and seed always give the same split.
-    ``files`` is only used to name the corpus in error messages.
+    Both splits keep the corpus order. The same ``docs``, fraction and seed always give the same split
+    (:func:`lmforge.data.splits.carve`, the carving rule of every task). ``files`` only names the corpus
+    in error messages.
     """
-    n = len(docs)
-    if n == 0:
+    if len(docs) == 0:
         raise ValueError(f"empty corpus: {[str(f) for f in files] if files is not None else 'no documents'}")
-    if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction={validation_fraction} must be in [0, 1)")
-    if validation_fraction == 0.0:
-        return list(docs), []
-    if n == 1:
+    if len(docs) == 1 and validation_fraction > 0:
         raise ValueError(
             "the corpus has only 1 document, so no validation split can be carved out of it; "
             "use a finer doc_separator ('blank_line' or 'line'), add documents, or set validation_fraction=0"
         )
-    n_val = min(max(1, round(n * validation_fraction)), n - 1)
-    val_idx = set(random.Random(seed).sample(range(n), n_val))
-    train = [d for i, d in enumerate(docs) if i not in val_idx]
-    val = [d for i, d in enumerate(docs) if i in val_idx]
-    return train, val
+    return carve(docs, validation_fraction, seed)
+
+
+def documents_from_rows(rows: Sequence[dict], column: str, origin: str) -> list[str]:
+    """The non-empty texts of ``column``: one document per row of a table or hub split."""
+    if rows and column not in rows[0]:
+        from lmforge.data.sources import columns_of
+        from lmforge.utils.errors import DataError
+
+        raise DataError(f"data.text_column={column!r} is not a column of {origin}; "
+                        f"its columns are: {', '.join(columns_of(rows[0]))}")
+    return [r[column] for r in rows if isinstance(r[column], str) and r[column].strip()]
+
+
+def count_documents(files: Sequence[str | os.PathLike], doc_separator: str = "blank_line") -> list[int]:
+    """How many documents each file holds (one streaming pass, nothing kept)."""
+    return [sum(1 for _ in read_documents([f], doc_separator)) for f in files]

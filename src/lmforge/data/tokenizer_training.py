@@ -17,18 +17,32 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from lmforge.data.text_corpus import read_documents
+from lmforge.utils.errors import ConfigError
 
 CACHE_VERSION = "1"  # bump when training changes in a way that should invalidate cached tokenizers
 EOS = "<|endoftext|>"
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 KINDS = ("bpe", "wordpiece")
+# data.tokenizer_training: enabled auto = when the model names no tokenizer; kind auto = the task's kind
+SETTINGS = {"enabled": "auto", "kind": "auto", "vocab_size": 8000, "min_frequency": 2, "lowercase": False}
+
+
+def training_settings(given: Mapping | None, task_kind: str) -> dict:
+    """``data.tokenizer_training`` completed with the defaults and checked; ``kind`` resolved for the task."""
+    tt = {**SETTINGS, **dict(given or {})}
+    if tt["enabled"] not in ("auto", True, False):
+        raise ConfigError(f"data.tokenizer_training.enabled={tt['enabled']}: expected auto, true or false")
+    kind = task_kind if tt["kind"] == "auto" else tt["kind"]
+    if kind not in KINDS:
+        raise ConfigError(f"data.tokenizer_training.kind={kind}: expected auto, {' or '.join(KINDS)}")
+    return {**tt, "kind": kind}
 
 
 def train_tokenizer(
@@ -114,9 +128,8 @@ def cached_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """Load the tokenizer trained on ``files`` with these settings from ``cache_root``, training it on a miss.
 
-    The entry is keyed by the files (path, size, mtime), every option and :data:`CACHE_VERSION`.
-    It is written to a temporary folder and renamed into place, so a half-written entry is never
-    loaded and concurrent processes cannot corrupt it (the first rename wins).
+    The entry is keyed by the files (path, size, mtime), every option and :data:`CACHE_VERSION`,
+    and written by :func:`train_into`.
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} is not one of {list(KINDS)}")
@@ -125,18 +138,38 @@ def cached_tokenizer(
     )
     entry = Path(cache_root) / f"{kind}-{vocab_size}-{cache_key(files, kind, vocab_size, **options)}"
     if not entry.is_dir():
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+        docs = read_documents([Path(f) for f in files], doc_separator)
+        info = {"files": [str(f) for f in files], "kind": kind, "vocab_size": vocab_size, **options}
+        train_into(entry, docs, kind, vocab_size, min_frequency, lowercase, model_max_length, info)
+    return PreTrainedTokenizerFast.from_pretrained(str(entry), trust_remote_code=False)  # lmforge's own: no code
+
+
+def train_into(
+    entry: str | os.PathLike,
+    texts: Iterable[str],
+    kind: str,
+    vocab_size: int,
+    min_frequency: int = 2,
+    lowercase: bool = False,
+    model_max_length: int = 1024,
+    info: dict | None = None,
+) -> Path:
+    """Train on ``texts`` into the cache folder ``entry`` (with ``info`` as ``lmforge_cache.json``).
+
+    Written to a temporary folder and renamed into place, so a half-written entry is never loaded
+    and concurrent processes cannot corrupt it (the first rename wins; the others' are equal).
+    """
+    entry = Path(entry)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        train_tokenizer(texts, kind, vocab_size, tmp, min_frequency, lowercase, model_max_length)
+        (tmp / "lmforge_cache.json").write_text(json.dumps(info or {}, indent=2, default=str))
         try:
-            docs = read_documents([Path(f) for f in files], doc_separator)
-            train_tokenizer(docs, kind, vocab_size, tmp, min_frequency, lowercase, model_max_length)
-            info = {"files": [str(f) for f in files], "kind": kind, "vocab_size": vocab_size, **options}
-            (tmp / "lmforge_cache.json").write_text(json.dumps(info, indent=2))
-            try:
-                os.rename(tmp, entry)
-            except OSError:  # another process finished first; its entry is equivalent
-                if not entry.is_dir():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return PreTrainedTokenizerFast.from_pretrained(str(entry))
+            os.rename(tmp, entry)
+        except OSError:  # another process finished first; its entry is equivalent
+            if not entry.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return entry

@@ -6,6 +6,8 @@
   tokenizer         hub id or local folder of the tokenizer (defaults to name_or_path)
   size              {num_layers, hidden_size, num_heads, intermediate_size} for random init
   max_position_embeddings, config_overrides, attn_implementation
+  trust_remote_code false (default): never run Python files from a model's repository; true lets transformers
+                    import the repository's own modeling/configuration code (logged once as a warning)
 """
 
 from __future__ import annotations
@@ -43,6 +45,29 @@ def _plain(cfg: Any) -> dict:
     return dict(cfg)
 
 
+_REMOTE_CODE_WARNED: set[str] = set()
+
+
+def trust_remote_code(model_cfg: Mapping) -> bool:
+    """``model.trust_remote_code`` (default false), as the ``trust_remote_code`` argument of every
+    ``from_pretrained``/``from_config``; true logs once what it allows."""
+    value = model_cfg.get("trust_remote_code", False)
+    if value is None:
+        value = False
+    if not isinstance(value, bool):
+        raise ConfigError(f"model.trust_remote_code={value!r}: expected true or false")
+    if "trust_remote_code" in (model_cfg.get("config_overrides") or {}):
+        raise ConfigError("model.config_overrides.trust_remote_code: not a config field; "
+                          "set model.trust_remote_code=true to run a model repository's own code")
+    source = str(model_cfg.get("name_or_path") or model_cfg.get("tokenizer") or model_cfg.get("family") or "the model")
+    if value and source not in _REMOTE_CODE_WARNED:
+        _REMOTE_CODE_WARNED.add(source)
+        log.warning("model.trust_remote_code=true: transformers may import and run Python files "
+                    "(configuration_*.py, modeling_*.py, tokenization_*.py) from the repository or folder of %s, "
+                    "with your permissions. Use it only for repositories you trust, at a pinned revision.", source)
+    return value
+
+
 def is_pretrained(model_cfg: Mapping) -> bool:
     return bool(model_cfg.get("name_or_path")) and model_cfg.get("pretrained", True)
 
@@ -72,7 +97,8 @@ def context_length(model_cfg: Mapping) -> int | None:
     """The longest sequence the model attends over, read without building it (None: no fixed limit)."""
     model_cfg = _plain(model_cfg)
     if model_cfg.get("name_or_path"):
-        config = AutoConfig.from_pretrained(model_cfg["name_or_path"], **_plain(model_cfg.get("config_overrides")))
+        config = AutoConfig.from_pretrained(model_cfg["name_or_path"], trust_remote_code=trust_remote_code(model_cfg),
+                                            **_plain(model_cfg.get("config_overrides")))
         family = config.model_type
         n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     else:
@@ -89,7 +115,8 @@ def build_hf_config(model_cfg: Mapping, **facts: Any) -> PretrainedConfig:
     model_cfg = _plain(model_cfg)
     overrides = _plain(model_cfg.get("config_overrides"))
     if model_cfg.get("name_or_path"):  # the checkpoint's architecture (its weights only if pretrained)
-        config = AutoConfig.from_pretrained(model_cfg["name_or_path"], **overrides)
+        config = AutoConfig.from_pretrained(model_cfg["name_or_path"], trust_remote_code=trust_remote_code(model_cfg),
+                                            **overrides)
     else:
         family = model_cfg.get("family")
         if family not in FAMILY_FIELDS:
@@ -115,10 +142,12 @@ def build_model(auto_cls: Any, model_cfg: Mapping, **facts: Any) -> torch.nn.Mod
     model_cfg = _plain(model_cfg)
     config = build_hf_config(model_cfg, **facts)
     attn = model_cfg.get("attn_implementation") or "sdpa"
+    remote = trust_remote_code(model_cfg)
     if is_pretrained(model_cfg):
-        model = auto_cls.from_pretrained(model_cfg["name_or_path"], config=config, attn_implementation=attn)
+        model = auto_cls.from_pretrained(model_cfg["name_or_path"], config=config, attn_implementation=attn,
+                                         trust_remote_code=remote)
     else:
-        model = auto_cls.from_config(config, attn_implementation=attn)
+        model = auto_cls.from_config(config, attn_implementation=attn, trust_remote_code=remote)
     counts = parameter_counts(model)
     log.info("model %s: %s parameters (%s non-embedding)", type(model).__name__,
              f"{counts['total']:,}", f"{counts['non_embedding']:,}")

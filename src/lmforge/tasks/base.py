@@ -29,6 +29,7 @@ an ``AttributeError``. The DataModule side of the contract is in :mod:`lmforge.d
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -42,6 +43,7 @@ from lmforge.models.factory import build_model, parameter_counts
 from lmforge.utils.errors import ConfigError
 
 STAGES = ("val", "test")
+log = logging.getLogger(__name__)
 
 
 def _plain(cfg: Any) -> dict:
@@ -102,6 +104,18 @@ def build_optimizer(params: Sequence[tuple[str, torch.nn.Parameter]], cfg: Mappi
         cls = hydra.utils.get_method(target) if not isinstance(target, type) else target
     except Exception as e:
         raise ConfigError(f"optimizer._target_={target}: cannot import it ({e})") from None
+    import inspect
+
+    try:
+        accepted = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        accepted = {}
+    if accepted and not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        # keys another optimizer's config brought along (a task's defaults set AdamW's betas): said once, dropped
+        ignored = sorted(k for k in cfg if k not in accepted)
+        if ignored:
+            log.warning("optimizer %s takes no %s: ignored", target, ", ".join(ignored))
+        cfg = {k: v for k, v in cfg.items() if k in accepted}
     try:
         return cls(groups, **cfg)
     except TypeError as e:
@@ -146,6 +160,8 @@ class TaskModule(L.LightningModule):
         self.metrics: torch.nn.ModuleDict | None = None
         # evaluation stage -> metric prefix; eval.py evaluates any split through the test loop
         self.stage_prefix = {"val": "val", "test": "test"}
+        # where the test loop writes the task's evaluation files (train(): the run dir; eval.py: its output dir)
+        self.eval_output_dir: Path | None = None
 
     # -- model(s) ----------------------------------------------------------------------------
     def model_facts(self) -> dict:
@@ -257,6 +273,14 @@ class TaskModule(L.LightningModule):
         if self.score_metric is not None and self.score_metric in values:
             logged[f"{prefix}/score"] = values[self.score_metric]
         self.log_dict(logged, prog_bar=stage == "val")
+        if stage == "test" and self.eval_output_dir is not None:
+            self.write_eval_files(prefix, Path(self.eval_output_dir))
+
+    def write_eval_files(self, split: str, folder: Path) -> list[Path]:
+        """Files in the field's own format for an evaluated split with gold labels (NER: ``predictions.conll``
+        that ``conlleval`` reads; QA: the official ``predictions.json``). Called on every rank at the end of
+        the test loop (gather across ranks here, write on rank 0); none by default."""
+        return []
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
+
+
+def project_root() -> Path:
+    """``$LMFORGE_ROOT``, else the checkout this module runs from (``pip install -e .``), else the working
+    directory (an installed wheel): what ``paths.root_dir`` is for a composed config."""
+    env = os.environ.get("LMFORGE_ROOT")
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[3]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "configs").is_dir():
+        return checkout
+    return Path.cwd()
 
 
 def compose_config(overrides: list[str], output_dir: str | Path, cache_dir: str | Path | None = None,
@@ -21,8 +34,10 @@ def compose_config(overrides: list[str], output_dir: str | Path, cache_dir: str 
 
     import lmforge  # noqa: F401  (resolvers)
     from lmforge.cli import config_dir as default_config_dir
+    from lmforge.sweeps import register_resolvers
 
-    root = Path(__file__).resolve().parents[3]
+    register_resolvers()
+    root = project_root()
     out = Path(output_dir)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir or default_config_dir()), version_base="1.3"):

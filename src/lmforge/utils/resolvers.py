@@ -17,6 +17,10 @@ def minilm_path() -> str:
 
 
 def register_resolvers() -> None:
+    """Every resolver the config tree uses: ``minilm_path`` here, ``lmforge_int`` and ``lmforge_cwd`` from sweeps."""
+    from lmforge.sweeps import register_resolvers as register_sweep_resolvers
+
+    register_sweep_resolvers()
     resolvers = {
         "minilm_path": minilm_path,
     }

@@ -1,42 +1,61 @@
-"""Masked-LM data: packed blocks (``[SEP]``, or the tokenizer's eos, between documents), the model's
-own tokenizer or a WordPiece trained on the training documents, and BERT's masking.
+"""Masked-LM data: text documents packed into blocks, and BERT's masking.
 
-Training masks are dynamic (80/10/10, ``mlm_probability``, optional whole-word masking) and drawn
-in ``on_before_batch_transfer`` from a generator seeded by ``(seed, rank, batch number)``: fresh
-masks every step, yet a resumed run draws exactly the masks the uninterrupted run would have.
-Validation/test masks are fixed per sequence by ``eval_mask_seed`` (in the DataLoader's collate),
-so validation loss is comparable across steps and runs.
+The path of a run's data (the steps shared with causal LM are in
+:class:`lmforge.data.packing.PackedTextDataModule`, the rest of the pipeline in
+:class:`lmforge.data.datamodule.LMForgeDataModule`):
+
+1. documents: the embedded tales, text files or a hub split, a validation split carved by
+   ``data.split_seed`` when none is given;
+2. the tokenizer: the model's own (it needs a mask token), or a WordPiece trained on the training
+   documents (``data.tokenizer_training``);
+3. every split tokenized once and packed into ``data.block_size`` blocks, ``[SEP]`` (or eos)
+   between documents;
+4. masking: training masks are dynamic (80/10/10, ``data.mlm_probability``, optional
+   ``data.whole_word_masking``), drawn in ``on_before_batch_transfer`` from a generator seeded by
+   ``(seed, rank, batch number)``: fresh masks every step, yet a resumed run draws exactly the masks
+   the uninterrupted run would have. Validation/test masks are fixed per sequence by
+   ``data.eval_mask_seed`` (in the evaluation collate), so validation loss compares across steps
+   and runs.
+
+Prediction inputs are texts holding the mask token (``"The fox [MASK] away."``), tokenized with the
+special tokens, as a fill-mask model reads them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 
-from lmforge.data.lm_datamodule import LMDataModule
+from lmforge.data.collate import PadCollator
 from lmforge.data.masking import MaskingCollator, word_start_table
-from lmforge.utils.errors import ConfigError
+from lmforge.data.packing import PackedTextDataModule
+from lmforge.utils.errors import ConfigError, DataError
 
 
-class MaskedLMDataModule(LMDataModule):
+class MaskedLMDataModule(PackedTextDataModule):
     namespace = "masked_lm"
-    tokenizer_kind = "wordpiece"
+    tokenizer_kind = "wordpiece"  # what data.tokenizer_training.kind=auto trains (it has [MASK])
+    input_fields = ("text",)  # a text holding the mask token
 
     def __init__(self, mlm_probability: float = 0.15, whole_word_masking: bool = False, eval_mask_seed: int = 0,
                  **kwargs: Any):
         if not 0.0 < mlm_probability < 1.0:
             raise ConfigError(f"data.mlm_probability={mlm_probability}: expected a fraction in (0, 1)")
+        self.mlm_probability, self.whole_word_masking, self.eval_mask_seed = mlm_probability, whole_word_masking, eval_mask_seed
+        self._collators: dict[str, MaskingCollator] = {}
         super().__init__(**kwargs)
         if self.train_tokenizer and self.tokenizer_training["kind"] != "wordpiece":
             raise ConfigError("masked LM needs a [MASK] token: data.tokenizer_training.kind must be wordpiece (or auto)")
-        if self._tokenizer is not None and self._tokenizer.mask_token_id is None:
+
+    def check_tokenizer(self, tokenizer: Any) -> Any:
+        if tokenizer.mask_token_id is None:
             raise ConfigError(f"tokenizer {self.tokenizer_name} has no mask token; masked LM needs one "
                               "(or train one: data.tokenizer_training.enabled=true)")
-        self.mlm_probability, self.whole_word_masking, self.eval_mask_seed = mlm_probability, whole_word_masking, eval_mask_seed
-        self._collators: dict[str, MaskingCollator] = {}
+        return super().check_tokenizer(tokenizer)
 
-    def collator(self, stage: str) -> MaskingCollator:
+    def masking(self, stage: str) -> MaskingCollator:
         if stage not in self._collators:
             tok = self.tokenizer
             self._collators[stage] = MaskingCollator(
@@ -47,13 +66,27 @@ class MaskedLMDataModule(LMDataModule):
         return self._collators[stage]
 
     def eval_collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        return self.collator("eval")(examples)
+        return self.masking("eval")(examples)
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        if "labels" in batch:  # validation/test: masked in the collate, fixed by eval_mask_seed
-            return batch
+        if "labels" in batch or self.trainer is None or not self.trainer.training:
+            return batch  # validation/test: masked in the collate, fixed by eval_mask_seed; prediction: as given
         trainer = self.trainer
         n = trainer.fit_loop.epoch_loop.batch_progress.total.ready  # batches before this one (restored on resume)
-        collator = self.collator("train")
+        collator = self.masking("train")
         collator.generator = torch.Generator().manual_seed((self.seed * 1_000_003 + trainer.global_rank) * 1_000_003 + n)
         return collator([{"input_ids": row} for row in batch["input_ids"]])
+
+    def encode_inputs(self, records: Sequence[dict | str]) -> list[dict]:
+        tok = self.tokenizer
+        out = []
+        for i, r in enumerate(self.input_records(records), 1):
+            ids = tok(r["text"], truncation=True, max_length=self.block_size)["input_ids"]
+            if tok.mask_token_id not in ids:
+                raise DataError(f"input {i}: no {tok.mask_token} in {r['text']!r}; a masked-LM model predicts the "
+                                f"tokens written as {tok.mask_token}")
+            out.append({"input_ids": np.asarray(ids, dtype=np.int64)})
+        return out
+
+    def collate(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+        return PadCollator({"input_ids": self.tokenizer.pad_token_id})(examples)

@@ -1,0 +1,227 @@
+"""Every command the README shows works as written.
+
+The commands are read from the README's ```bash blocks and run through the shell, in README order,
+in a fresh copy of the project (its tracked files, with ``../shared`` beside it as in a checkout), with
+default paths: nothing is passed but what the README says, followed only by overrides appended at the
+end that shrink the run (fewer steps, one value of a swept key, one Optuna trial). Files the commands
+name as the user's own (``train.csv``, ``corpus/*.txt``, ...) are written into the copy first; a
+``<timestamp>`` placeholder becomes the newest run of that task made by an earlier command.
+
+Commands this machine cannot run are listed with their reason (no GPU, no cluster, no network, the
+installation and test commands that CI runs itself); the test fails if the README gains a command
+that is neither run nor listed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SHARED_DATA
+
+README = ROOT / "README.md"
+
+# why a command is not run here (checked in README order; the first match wins)
+NOT_HERE = [
+    (r"accelerator=gpu|strategy=deepspeed", "needs CUDA GPUs (none on this machine)"),
+    (r"^torchrun |^srun |hydra/launcher=slurm", "needs a multi-node cluster / SLURM"),
+    (r"data=hub", "needs the Hugging Face Hub (no network here)"),
+    (r"^pip install .*python -m pytest|^python -m pytest", "the test suite itself (CI runs it)"),
+    (r"^python benchmarks/", "a benchmark: minutes of timed runs, reported in benchmarks/README.md"),
+]
+# appended to every command: a short run (the run's own settings stay, these only shorten it)
+SHRINK = ["trainer.max_steps=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+          "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=1", "extras.print_config=false"]
+SHRINK_EVAL: list[str] = []
+
+
+def readme_commands() -> list[str]:
+    text = README.read_text()
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                out.append(_strip_comment(line))
+    return out
+
+
+def _strip_comment(line: str) -> str:
+    """The command without its trailing ``# comment`` (a # inside quotes stays)."""
+    quote = None
+    for i, ch in enumerate(line):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1] == " "):
+            return line[:i].rstrip()
+    return line
+
+
+def why_not_here(cmd: str) -> str | None:
+    for pattern, why in NOT_HERE:
+        if re.search(pattern, cmd):
+            return why
+    return None
+
+
+def shrink(cmd: str) -> list[str]:
+    """Overrides appended to ``cmd``: fewer steps, one value of each swept key, one trial."""
+    words = shlex.split(cmd)
+    extra = []
+    if "eval.py" in cmd:
+        return extra
+    extra += SHRINK
+    if "data=sst2" in cmd or "experiment=sst2" in cmd or "experiment=stsb" in cmd or "data=local" in cmd:
+        extra += ["data.max_train_samples=64", "data.max_eval_samples=32"]
+    if "data=tinyshakespeare" in cmd:
+        extra += ["data.max_eval_blocks=16"]
+    if "-m" in words or "hparams_search=optuna" in cmd:
+        for w in words:  # one value of each swept key
+            m = re.fullmatch(r"([\w./]+)=([^=]*,[^=]*)", w)
+            if m and not w.startswith("hydra"):
+                extra.append(f"{m.group(1)}={m.group(2).split(',')[0]}")
+        if "hparams_search=optuna" in cmd:
+            extra += ["hydra.sweeper.n_trials=1"]
+            if "max_trials" in cmd:
+                extra += ["hydra.sweeper.max_trials=1"]
+    return extra
+
+
+def write_user_files(root: Path) -> None:
+    """The files the README's commands name as the user's own."""
+    import random
+
+    rng = random.Random(0)
+    good, bad = ["a lovely, moving film", "great fun", "superb acting"], ["a dull mess", "boring and slow", "awful"]
+    rows = [(rng.choice(good), "positive") if i % 2 else (rng.choice(bad), "negative") for i in range(120)]
+    for name, part in (("train.csv", rows[:80]), ("dev.csv", rows[80:100]), ("test.csv", rows[100:])):
+        (root / name).write_text("text,label\n" + "".join(f"\"{t}\",{lab}\n" for t, lab in part))
+    (root / "reviews.jsonl").write_text("".join(json.dumps({"review": t, "stars": 5 if lab == "positive" else 1}) + "\n"
+                                                for t, lab in rows))
+    (root / "pairs.tsv").write_text("premise\thypothesis\tlabel\n" + "".join(
+        f"{t}\t{u}\t{i % 3}\n" for i, ((t, _), (u, _)) in enumerate(zip(rows, reversed(rows)))))
+    (root / "texts.txt").write_text("I really enjoyed this film.\nWhat a waste of time.\n")
+    tales = (ROOT / "src" / "lmforge" / "samples" / "tales" / "train.txt").read_text()
+    (root / "corpus").mkdir(exist_ok=True)
+    half = len(tales) // 2
+    (root / "corpus" / "part1.txt").write_text(tales[:half])
+    (root / "corpus" / "part2.txt").write_text(tales[half:])
+    (root / "corpus.txt").write_text(tales)
+
+
+def newest_run(root: Path, task: str) -> Path:
+    runs = sorted((root / "logs" / task / "runs").glob("*"), key=lambda p: p.stat().st_mtime)
+    assert runs, f"no earlier run of {task} to stand for <timestamp>"
+    return runs[-1]
+
+
+def fill_placeholders(cmd: str, root: Path, env: dict) -> str:
+    for var, value in env.items():
+        cmd = cmd.replace(f"${var}", value)
+
+    def sub(m: re.Match) -> str:
+        task = m.group(1)
+        task = "text_classification" if task == "<task>" else task
+        return str(newest_run(root, task).relative_to(root))
+
+    return re.sub(r"logs/([\w<>]+)/runs/<timestamp>", sub, cmd)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A fresh copy of the project's tracked files, with ../shared beside it when the checkout has one."""
+    base = tmp_path_factory.mktemp("clone")
+    root = base / "lmforge"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    for f in files:
+        src = ROOT / f
+        if src.is_symlink():
+            (root / f).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(src), root / f)
+        elif src.is_file():
+            (root / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, root / f)
+    if SHARED_DATA.is_dir():
+        (base / "shared").mkdir()
+        os.symlink(SHARED_DATA, base / "shared" / "data")
+    write_user_files(root)
+    return root
+
+
+def test_every_readme_command_is_run_or_has_a_reason():
+    cmds = readme_commands()
+    assert len(cmds) > 30
+    for c in cmds:
+        runnable = c.startswith(("python train.py", "python eval.py", "R=", "WANDB_MODE=offline python train.py")) \
+            or "&& python train.py" in c
+        assert runnable or why_not_here(c), f"README command neither run by this test nor listed: {c}"
+
+
+@pytest.mark.slow
+def test_readme_commands_work_as_written(project):
+    env_vars: dict[str, str] = {}
+    ran, skipped = [], []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("LMFORGE_DATA_DIR", None)  # default paths: ../shared/data beside the copy
+    for cmd in readme_commands():
+        why = why_not_here(cmd)
+        if why:
+            skipped.append((cmd, why))
+            continue
+        if re.fullmatch(r"[A-Z_]+=\S+", cmd):  # a shell variable the next commands use
+            name, value = cmd.split("=", 1)
+            env_vars[name] = fill_placeholders(value, project, env_vars)
+            continue
+        if "&& python train.py" in cmd:  # the install command: the package is installed; run the job
+            cmd = "python train.py" + cmd.split("&& python train.py", 1)[1]
+        if ("../shared/data" in cmd or "experiment=sst2" in cmd or "experiment=stsb" in cmd
+                or "tinyshakespeare" in cmd) and not SHARED_DATA.is_dir():
+            skipped.append((cmd, "../shared/data is not beside this checkout"))
+            continue
+        full = fill_placeholders(cmd, project, env_vars)
+        full = full.replace("python ", f"{shlex.quote(sys.executable)} ", 1)
+        full += "".join(" " + shlex.quote(o) for o in shrink(cmd))
+        proc = subprocess.run(["bash", "-c", full], cwd=project, capture_output=True, text=True, env=env, timeout=900)
+        assert proc.returncode == 0, (f"README command failed ({proc.returncode}): {cmd}\nran: {full}\n"
+                                      f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
+        ran.append(cmd)
+    print(f"ran {len(ran)} README commands; not here: " + "; ".join(f"{c} ({w})" for c, w in skipped))
+    assert len(ran) >= 30, ran
+
+
+def test_unknown_option_message_matches_the_readme(tmp_path):
+    """The README quotes what `model=bertt` and `data.batchsize=8` print: check it against the program."""
+    text = README.read_text()
+    m = re.search(r"`python train.py model=bertt` says `(.*?)` and lists `(.*?)`", text)
+    assert m, "the README no longer quotes the model=bertt message"
+    proc = subprocess.run([sys.executable, "train.py", "model=bertt"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0 and m.group(1) in proc.stderr + proc.stdout
+    listed = [x.strip() for x in m.group(2).split(",")]
+    options = sorted(p.stem for p in (ROOT / "configs" / "model").glob("*.yaml"))
+    assert listed == options, (listed, options)
+    m2 = re.search(r"`python train.py data.batchsize=8` says `(.*?)`", text)
+    proc = subprocess.run([sys.executable, "train.py", "data.batchsize=8"], cwd=ROOT, capture_output=True, text=True)
+    assert m2 and m2.group(1) in proc.stderr + proc.stdout
+
+
+def test_group_options_in_the_readme_table_are_the_config_files():
+    """Each row of the README's group table names exactly the options configs/<group>/ holds."""
+    text = README.read_text()
+    for group in ("task", "model", "strategy", "precision", "accelerator", "scheduler", "callbacks", "debug",
+                  "experiment", "hparams_search"):
+        row = re.search(rf"^\| `{re.escape(group)}` \| (.*?) \|", text, re.M)
+        assert row, f"no README row for {group}"
+        named = set(re.findall(r"`([\w\-]+)`", row.group(1)))
+        files = {p.stem for p in (ROOT / "configs" / group).glob("*.yaml")}
+        assert files <= named, (group, files - named)
