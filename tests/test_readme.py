@@ -5,7 +5,8 @@ in a fresh copy of the project (its tracked files, with ``../shared`` beside it 
 default paths: nothing is passed but what the README says, followed only by overrides appended at the
 end that shrink the run (fewer steps, one value of a swept key, one Optuna trial). Files the commands
 name as the user's own (``train.csv``, ``corpus/*.txt``, ...) are written into the copy first; a
-``<timestamp>`` placeholder becomes the newest run of that task made by an earlier command.
+``<timestamp>`` placeholder becomes the first run of that task an earlier command made (for text
+classification, the main job's run).
 
 Commands this machine cannot run are listed with their reason (no GPU, no cluster, no network, the
 installation and test commands that CI runs itself); the test fails if the README gains a command
@@ -87,7 +88,7 @@ def shrink(cmd: str) -> list[str]:
         extra += ["data.max_eval_blocks=16"]
     if "-m" in words or "hparams_search=optuna" in cmd:
         for w in words:  # one value of each swept key
-            m = re.fullmatch(r"([\w./]+)=([^=]*,[^=]*)", w)
+            m = re.fullmatch(r"([\w./]+)=([^=()]*,[^=()]*)", w)  # a=1,2 sweeps; interval(0,0.1) is a range
             if m and not w.startswith("hydra"):
                 extra.append(f"{m.group(1)}={m.group(2).split(',')[0]}")
         if "hparams_search=optuna" in cmd:
@@ -119,10 +120,12 @@ def write_user_files(root: Path) -> None:
     (root / "corpus.txt").write_text(tales)
 
 
-def newest_run(root: Path, task: str) -> Path:
-    runs = sorted((root / "logs" / task / "runs").glob("*"), key=lambda p: p.stat().st_mtime)
+def first_run(root: Path, task: str) -> Path:
+    """The first run of ``task`` the README's commands made (for text classification: the main job)."""
+    runs = sorted((p for p in (root / "logs" / task / "runs").glob("*") if (p / "checkpoints").is_dir()),
+                  key=lambda p: p.stat().st_mtime)
     assert runs, f"no earlier run of {task} to stand for <timestamp>"
-    return runs[-1]
+    return runs[0]
 
 
 def fill_placeholders(cmd: str, root: Path, env: dict) -> str:
@@ -132,7 +135,7 @@ def fill_placeholders(cmd: str, root: Path, env: dict) -> str:
     def sub(m: re.Match) -> str:
         task = m.group(1)
         task = "text_classification" if task == "<task>" else task
-        return str(newest_run(root, task).relative_to(root))
+        return str(first_run(root, task).relative_to(root))
 
     return re.sub(r"logs/([\w<>]+)/runs/<timestamp>", sub, cmd)
 
@@ -225,3 +228,40 @@ def test_group_options_in_the_readme_table_are_the_config_files():
         named = set(re.findall(r"`([\w\-]+)`", row.group(1)))
         files = {p.stem for p in (ROOT / "configs" / group).glob("*.yaml")}
         assert files <= named, (group, files - named)
+
+
+# the files behind each bad-input line of the README, and the overrides that read them
+BAD_INPUT = {
+    "data/trian.csv": ({}, ["data.train_file=data/trian.csv"]),
+    "'review' is not a column": ({"data/train.tsv": "sentence\tlabel\n" + "".join(f"ok fine {i}\t{i % 2}\n"
+                                                                             for i in range(10))},
+                                 ["data.train_file=data/train.tsv", "data.text_column=review"]),
+    "val.jsonl:2": ({"data/tr.jsonl": '{"text": "a", "label": "neg"}\n{"text": "b", "label": "pos"}\n' * 3,
+                     "data/val.jsonl": '{"text": "a", "label": "neg"}\n{"text": "b", "label": "neutral"}\n'},
+                    ["data.train_file=data/tr.jsonl", "data.validation_file=data/val.jsonl"]),
+    "train2.tsv:3": ({"data/train2.tsv": "text\tlabel\nfine\tpos\n  \tneg\n"}, ["data.train_file=data/train2.tsv"]),
+    "train.jsonl:2:28": ({"data/train.jsonl": '{"text": "a", "label": "neg"}\n{"text": "bad", "label": 0 "x"}\n'},
+                         ["data.train_file=data/train.jsonl"]),
+    "train3.tsv:3": ({"data/train3.tsv": "text\tlabel\na\t1\nb\t0\tx\n"}, ["data.train_file=data/train3.tsv"]),
+}
+
+
+def test_the_bad_input_messages_in_the_readme_are_what_lmforge_prints(make_cfg, tmp_path, monkeypatch):
+    from lmforge.train import train
+
+    text = README.read_text()
+    block = text[text.index("Bad input stops the run"):]
+    block = block[block.index("```\n") + 4: block.index("\n```", block.index("```\n") + 4)]
+    lines = [line for line in block.splitlines() if line.startswith("error: ")]
+    assert len(lines) == len(BAD_INPUT)
+    project = tmp_path / "proj"
+    (project / "data").mkdir(parents=True)
+    monkeypatch.chdir(project)
+    for line in lines:
+        key = next(k for k in BAD_INPUT if k in line)
+        files, overrides = BAD_INPUT[key]
+        for name, content in files.items():
+            (project / name).write_text(content)
+        with pytest.raises((ValueError, FileNotFoundError)) as e:
+            train(make_cfg(["data=local", "model=bert", "model/size=tiny", *overrides], name=key.replace("/", "_")))
+        assert f"error: {e.value}" == line.replace("/home/me/proj", str(project)), (line, str(e.value))

@@ -37,7 +37,7 @@ from typing import Any, Mapping, Sequence
 import lightning as L
 import torch
 import torchmetrics as tm
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lmforge.models.factory import build_model, parameter_counts
 from lmforge.utils.errors import ConfigError
@@ -47,9 +47,17 @@ log = logging.getLogger(__name__)
 
 
 def _plain(cfg: Any) -> dict:
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return dict(cfg or {})
+    """``cfg`` as plain dicts and lists all the way down (no OmegaConf containers inside)."""
+    def plain(x: Any) -> Any:
+        if isinstance(x, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(x, resolve=True)
+        if isinstance(x, Mapping):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(cfg) if cfg else {}
 
 
 def lr_lambda(kind: str, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0):
@@ -155,7 +163,8 @@ class TaskModule(L.LightningModule):
                                    "scheduler": self.scheduler_cfg})
         self.init_seed = int(seed)
         self.sharding = _plain(sharding)
-        self.facts = dict(facts) if facts else None
+        # plain containers (Hydra hands dict arguments over as DictConfig): checkpoints load with weights_only=True
+        self.facts = _plain(facts) if facts else None
         self.model: torch.nn.Module | None = None
         self.metrics: torch.nn.ModuleDict | None = None
         # evaluation stage -> metric prefix; eval.py evaluates any split through the test loop
@@ -205,7 +214,7 @@ class TaskModule(L.LightningModule):
             self.metrics = torch.nn.ModuleDict({s: self.make_metrics() for s in STAGES})
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["model_facts"] = self.model_facts()
+        checkpoint["model_facts"] = _plain(self.model_facts())
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict:
         state = super().state_dict(*args, **kwargs)

@@ -23,6 +23,17 @@ from lmforge.tasks.base import TaskModule
 from lmforge.utils.errors import DataError
 
 
+MASK_SPELLINGS = ("[MASK]", "<mask>")
+
+
+def with_mask_token(text: str, mask_token: str) -> str:
+    """``text`` with ``[MASK]`` / ``<mask>`` written as the tokenizer's own mask token (BERT's or RoBERTa's)."""
+    for spelling in MASK_SPELLINGS:
+        if spelling != mask_token:
+            text = text.replace(spelling, mask_token)
+    return text
+
+
 class MaskedLMModule(TaskModule):
     auto_cls = AutoModelForMaskedLM
     pipeline_task = "fill-mask"
@@ -60,6 +71,8 @@ class MaskedLMModule(TaskModule):
         tok = datamodule.tokenizer
         records = as_records(inputs, datamodule.input_fields)
         field = datamodule.input_fields[0]
+        for r in records:  # either common spelling of the mask stands for this tokenizer's own
+            r[field] = with_mask_token(r[field], tok.mask_token)
         for i, r in enumerate(records):
             if tok.mask_token not in r[field]:
                 raise DataError(f"prediction input {i + 1}: {r[field]!r} holds no mask token {tok.mask_token!r} "
@@ -86,7 +99,7 @@ class MaskedLMModule(TaskModule):
     @classmethod
     def records_from_pipeline(cls, pipe: Any, inputs: Sequence[Mapping[str, Any] | str], top_k: int = 5,
                               **kwargs: Any) -> list[dict]:
-        texts = [x if isinstance(x, str) else x["text"] for x in inputs]
+        texts = [with_mask_token(x if isinstance(x, str) else x["text"], pipe.tokenizer.mask_token) for x in inputs]
         outs = pipe(texts, top_k=top_k)
         if texts and len(texts) == 1:
             outs = [outs]
