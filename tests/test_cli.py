@@ -205,3 +205,13 @@ def test_wheel_carries_the_config_tree_and_runs_outside_the_clone(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     (run,) = list((elsewhere / "logs" / "text_classification" / "runs").iterdir())
     assert (run / "metrics.json").is_file() and (run / "train.log").is_file()
+
+
+@pytest.mark.parametrize("choice", ["cpu", "auto"])
+def test_eval_takes_the_accelerator_group_as_train_does(tmp_path, choice):
+    """`eval.py accelerator=cpu` picks the group option (it once collided with a plain key of eval.yaml)."""
+    from conftest import compose_cfg
+
+    cfg = compose_cfg([f"accelerator={choice}", "split=null"], tmp_path / "eval", tmp_path / "cache",
+                      config_name="eval")
+    assert cfg.trainer.accelerator == choice

@@ -82,7 +82,8 @@ def shrink(cmd: str) -> list[str]:
     if "eval.py" in cmd:
         return extra
     extra += SHRINK
-    if "data=sst2" in cmd or "experiment=sst2" in cmd or "experiment=stsb" in cmd or "data=local" in cmd:
+    if ("data=sst2" in cmd or "experiment=sst2" in cmd or "experiment=stsb" in cmd or "data=local" in cmd
+            or "experiment=conll2003" in cmd):
         extra += ["data.max_train_samples=64", "data.max_eval_samples=32"]
     if "data=tinyshakespeare" in cmd:
         extra += ["data.max_eval_blocks=16"]
@@ -118,6 +119,19 @@ def write_user_files(root: Path) -> None:
     (root / "corpus" / "part1.txt").write_text(tales[:half])
     (root / "corpus" / "part2.txt").write_text(tales[half:])
     (root / "corpus.txt").write_text(tales)
+    # NER: the newswire sample as the user's CoNLL files, and as jsonl with integer tags
+    news = ROOT / "src" / "lmforge" / "samples" / "newswire"
+    for split, name in (("train", "train.conll"), ("validation", "dev.conll"), ("test", "test.conll")):
+        shutil.copy(news / f"{split}.txt", root / name)
+    names = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+    records, words = [], []
+    for line in (news / "train.txt").read_text().splitlines() + [""]:
+        if line.strip() and not line.startswith("-DOCSTART-"):
+            words.append(line.split())
+        elif words:
+            records.append({"tokens": [w[0] for w in words], "ner_tags": [names.index(w[-1]) for w in words]})
+            words = []
+    (root / "ner.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def first_run(root: Path, task: str) -> Path:
@@ -189,7 +203,7 @@ def test_readme_commands_work_as_written(project):
         if "&& python train.py" in cmd:  # the install command: the package is installed; run the job
             cmd = "python train.py" + cmd.split("&& python train.py", 1)[1]
         if ("../shared/data" in cmd or "experiment=sst2" in cmd or "experiment=stsb" in cmd
-                or "tinyshakespeare" in cmd) and not SHARED_DATA.is_dir():
+                or "experiment=conll2003" in cmd or "tinyshakespeare" in cmd) and not SHARED_DATA.is_dir():
             skipped.append((cmd, "../shared/data is not beside this checkout"))
             continue
         full = fill_placeholders(cmd, project, env_vars)
@@ -246,22 +260,53 @@ BAD_INPUT = {
 }
 
 
-def test_the_bad_input_messages_in_the_readme_are_what_lmforge_prints(make_cfg, tmp_path, monkeypatch):
+def check_bad_input_block(marker: str, table: dict, base: list[str], make_cfg, tmp_path, monkeypatch) -> None:
+    """Each ``error:`` line of the README block after ``marker`` is what train() raises on the table's files."""
     from lmforge.train import train
 
     text = README.read_text()
-    block = text[text.index("Bad input stops the run"):]
+    block = text[text.index(marker):]
     block = block[block.index("```\n") + 4: block.index("\n```", block.index("```\n") + 4)]
     lines = [line for line in block.splitlines() if line.startswith("error: ")]
-    assert len(lines) == len(BAD_INPUT)
+    assert len(lines) == len(table)
     project = tmp_path / "proj"
     (project / "data").mkdir(parents=True)
     monkeypatch.chdir(project)
     for line in lines:
-        key = next(k for k in BAD_INPUT if k in line)
-        files, overrides = BAD_INPUT[key]
+        key = next(k for k in table if k in line)
+        files, overrides = table[key]
         for name, content in files.items():
-            (project / name).write_text(content)
+            (project / name).write_bytes(content if isinstance(content, bytes) else content.encode())
         with pytest.raises((ValueError, FileNotFoundError)) as e:
-            train(make_cfg(["data=local", "model=bert", "model/size=tiny", *overrides], name=key.replace("/", "_")))
+            train(make_cfg([*base, *overrides], name=re.sub(r"\W", "_", key)))
         assert f"error: {e.value}" == line.replace("/home/me/proj", str(project)), (line, str(e.value))
+
+
+def test_the_bad_input_messages_in_the_readme_are_what_lmforge_prints(make_cfg, tmp_path, monkeypatch):
+    check_bad_input_block("Bad input stops the run", BAD_INPUT, ["data=local", "model=bert", "model/size=tiny"],
+                          make_cfg, tmp_path, monkeypatch)
+
+
+# the files behind each line of the README's NER bad-input block
+NER_BAD_INPUT = {
+    "short.conll:6": ({"data/short.conll": "EU NNP B-ORG\nrejects VBZ O\nGerman JJ B-MISC\n\nPeter NNP B-PER\nBlackburn\n"},
+                      ["data.train_file=data/short.conll", "data.tag_column=2"]),
+    "tags.conll:3": ({"data/tags.conll": "EU B-ORG\nrejects O\nGerman B_MISC\n\nPeter B-PER\nspoke O\n"},
+                     ["data.train_file=data/tags.conll"]),
+    "strict.conll:5": ({"data/strict.conll": "EU B-ORG\nrejects O\n\nthe O\nPeter I-PER\nBlackburn I-PER\n"},
+                       ["data.train_file=data/strict.conll", "data.tag_scheme=iob2"]),
+    "empty.jsonl:2": ({"data/empty.jsonl": '{"tokens": ["EU", "rejects"], "ner_tags": ["B-ORG", "O"]}\n'
+                                           '{"tokens": ["Peter", "Blackburn"], "ner_tags": []}\n'},
+                      ["data.train_file=data/empty.jsonl"]),
+    "lengths.jsonl:2": ({"data/lengths.jsonl": '{"tokens": ["EU", "rejects"], "ner_tags": ["B-ORG", "O"]}\n'
+                                               '{"tokens": ["Peter", "Blackburn", "spoke"], "ner_tags": ["B-PER", "I-PER"]}\n'},
+                        ["data.train_file=data/lengths.jsonl"]),
+    "latin1.conll:4": ({"data/latin1.conll": b"EU B-ORG\nrejects O\n\nM\xfcller B-PER\n"},
+                       ["data.train_file=data/latin1.conll"]),
+}
+
+
+def test_the_ner_bad_input_messages_in_the_readme_are_what_lmforge_prints(make_cfg, tmp_path, monkeypatch):
+    check_bad_input_block("Bad input in NER files stops the run", NER_BAD_INPUT,
+                          ["task=token_classification", "data=local", "model=bert", "model/size=tiny"],
+                          make_cfg, tmp_path, monkeypatch)

@@ -111,7 +111,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if split not in available:
             raise DataError(f"split={split}: this run's data has no labelled {split} split "
                             f"(labelled: {', '.join(available) or 'none'}); pass file=<labelled file>")
-        trainer = L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, logger=False,
+        trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=cfg.devices, logger=False,
                             precision=run_cfg.trainer.get("precision", "32-true"), enable_checkpointing=False,
                             enable_model_summary=False, callbacks=[progress_bar()])
         module.stage_prefix = {**module.stage_prefix, "test": split}  # metrics named <split>/<metric>
