@@ -632,6 +632,23 @@ def print_table(results: list[dict], summary: dict, title: str) -> None:
             print(" | ".join(row))
 
 
+
+def add_arm_args(p, arms, default_data, default_out) -> None:
+    """The options every ``*_vs_trainer.py`` benchmark shares: data, repeats and order of the arms,
+    threads, seed, device, cache and output, and the hidden ones a child process gets."""
+    p.add_argument("--data-dir", default=os.environ.get("LMFORGE_DATA_DIR", str(default_data)))
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--order", choices=["abab", "abba"], default="abba")
+    p.add_argument("--arms", default="lmforge,trainer", help=f"comma-separated, one repeat's order: {', '.join(arms)}")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", choices=["auto", "cpu"], default="auto")
+    p.add_argument("--cache-dir", default=str(ROOT / "logs" / "benchmarks" / "cache"))
+    p.add_argument("--out", default=str(default_out))
+    p.add_argument("--arm", choices=list(arms), help=argparse.SUPPRESS)
+    p.add_argument("--result-file", help=argparse.SUPPRESS)
+    p.add_argument("--run-dir", help=argparse.SUPPRESS)
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train-rows", type=int, default=2000, help="SST-2 training rows (lmforge data.max_train_samples)")

@@ -83,7 +83,7 @@ def shrink(cmd: str) -> list[str]:
         return extra
     extra += SHRINK
     if ("data=sst2" in cmd or "experiment=sst2" in cmd or "experiment=stsb" in cmd or "data=local" in cmd
-            or "experiment=conll2003" in cmd):
+            or "experiment=conll2003" in cmd or "experiment=squad" in cmd):
         extra += ["data.max_train_samples=64", "data.max_eval_samples=32"]
     if "data=tinyshakespeare" in cmd:
         extra += ["data.max_eval_blocks=16"]
@@ -180,8 +180,8 @@ def test_every_readme_command_is_run_or_has_a_reason():
     cmds = readme_commands()
     assert len(cmds) > 30
     for c in cmds:
-        runnable = c.startswith(("python train.py", "python eval.py", "R=", "WANDB_MODE=offline python train.py")) \
-            or "&& python train.py" in c
+        runnable = c.startswith(("python train.py", "python eval.py", "WANDB_MODE=offline python train.py")) \
+            or "&& python train.py" in c or re.fullmatch(r"[A-Z_]+=\S+", c)
         assert runnable or why_not_here(c), f"README command neither run by this test nor listed: {c}"
 
 
@@ -203,7 +203,8 @@ def test_readme_commands_work_as_written(project):
         if "&& python train.py" in cmd:  # the install command: the package is installed; run the job
             cmd = "python train.py" + cmd.split("&& python train.py", 1)[1]
         if ("../shared/data" in cmd or "experiment=sst2" in cmd or "experiment=stsb" in cmd
-                or "experiment=conll2003" in cmd or "tinyshakespeare" in cmd) and not SHARED_DATA.is_dir():
+                or "experiment=conll2003" in cmd or "experiment=squad" in cmd or "tinyshakespeare" in cmd) \
+                and not SHARED_DATA.is_dir():
             skipped.append((cmd, "../shared/data is not beside this checkout"))
             continue
         full = fill_placeholders(cmd, project, env_vars)
@@ -309,4 +310,43 @@ NER_BAD_INPUT = {
 def test_the_ner_bad_input_messages_in_the_readme_are_what_lmforge_prints(make_cfg, tmp_path, monkeypatch):
     check_bad_input_block("Bad input in NER files stops the run", NER_BAD_INPUT,
                           ["task=token_classification", "data=local", "model=bert", "model/size=tiny"],
+                          make_cfg, tmp_path, monkeypatch)
+
+
+_QA_PASSAGE = "Mara Quell designed the Tessa bridge in 1871."
+
+
+def _squad_json(qas, context=_QA_PASSAGE):
+    return json.dumps({"version": "1.1", "data": [{"title": "Bridges", "paragraphs": [{"context": context, "qas": qas}]}]})
+
+
+_QA_OK = {"text": "Mara Quell", "answer_start": 0}
+# the files behind each line of the README's question-answering bad-input block
+QA_BAD_INPUT = {
+    "bridges.json": ({"data/bridges.json": _squad_json([
+        {"id": "q1", "question": "Who designed it?", "answers": [_QA_OK]},
+        {"id": "q2", "question": "When was it built?", "answers": [{"text": "1871", "answer_start": 38}]}])},
+        ["data.train_file=data/bridges.json"]),
+    "unanswered.json": ({"data/unanswered.json": _squad_json([
+        {"id": "q1", "question": "Who designed it?", "answers": [_QA_OK]},
+        {"id": "q2", "question": "Who paid for it?", "answers": []}])},
+        ["data.train_file=data/unanswered.json", "data.validation_file=data/unanswered.json"]),
+    "nocontext.json": ({"data/nocontext.json": json.dumps({"version": "1.1", "data": [{"title": "Bridges", "paragraphs": [
+        {"qas": [{"id": "q1", "question": "Who designed it?", "answers": [_QA_OK]}]}]}]})},
+        ["data.train_file=data/nocontext.json"]),
+    "questions.jsonl:2": ({"data/questions.jsonl": "".join(json.dumps(r) + "\n" for r in [
+        {"id": "q1", "question": "Who designed it?", "context": "Mara Quell designed it.",
+         "answers": {"text": ["Mara Quell"], "answer_start": [0]}},
+        {"id": "q2", "context": "Mara Quell designed it.", "answers": {"text": ["Mara Quell"], "answer_start": [0]}}])},
+        ["data.train_file=data/questions.jsonl"]),
+    "empty.json": ({"data/empty.json": _squad_json([{"id": "q1", "question": "Who designed it?", "answers": []}], context="")},
+                   ["data.train_file=data/empty.json"]),
+    "reviews.json": ({"data/reviews.json": json.dumps([{"text": "a fine bridge", "label": 1}])},
+                     ["data.train_file=data/reviews.json"]),
+}
+
+
+def test_the_question_answering_bad_input_messages_in_the_readme_are_what_lmforge_prints(make_cfg, tmp_path, monkeypatch):
+    check_bad_input_block("Bad input in question-answering files stops the run", QA_BAD_INPUT,
+                          ["task=question_answering", "data=local", "model=bert", "model/size=tiny"],
                           make_cfg, tmp_path, monkeypatch)

@@ -1,0 +1,359 @@
+#!/usr/bin/env python
+"""lmforge vs ``Seq2SeqTrainer`` on translation: a tiny T5 from scratch on Multi30k de->en, interleaved.
+
+    python benchmarks/seq2seq_vs_trainer.py                               # 4000 pairs, 1 epoch, ABBA x 2
+    python benchmarks/seq2seq_vs_trainer.py --arms lmforge,trainer,lmforge_grouped --repeats 1
+    python benchmarks/seq2seq_vs_trainer.py --train-pairs 1000 --eval-pairs 200 --repeats 1
+
+Arms, each run in a fresh subprocess of this script (``--arm ...``), so that peak memory is the arm's own:
+
+* ``lmforge``: the real config tree (``experiment=multi30k`` plus the overrides below) and
+  ``lmforge.train.train(cfg)`` in process, with ``data.group_by_length=false`` (batches of random pairs,
+  as the Trainer's default sampler gives): identical settings;
+* ``lmforge_grouped``: the same with lmforge's default ``data.group_by_length=true``;
+* ``trainer``: ``transformers.Seq2SeqTrainer`` + ``DataCollatorForSeq2Seq`` (labels padded with -100), the pairs
+  tokenized with ``text_target=`` as ``run_translation.py`` does, ``predict_with_generate=True``.
+
+Same in every arm: the training pairs (lmforge's ``data.max_train_samples`` selection), the tokenizer (trained
+once by lmforge on those pairs, then given to every arm as a folder), the model (``model=t5 model/size=tiny``,
+built by lmforge's factory with the same seed), batch size, lr, linear schedule with 5% warmup, AdamW weight
+decay 0.01 except biases and norm weights (the Trainer decays all but biases and LayerNorm weights: the same
+set for T5), gradient clipping 1.0, 1 epoch, fp32, greedy decoding with ``--max-new-tokens``, the number of
+torch threads, no dataloader workers. Timed: the training epoch (``PhaseClock`` of
+``text_classification_vs_trainer.py``: tokens are source + target tokens), then the generation of
+``--eval-pairs`` validation sentences (lmforge: ``module.predict``; Trainer: ``trainer.predict``), whose BLEU
+``sacrebleu`` scores against the references as written.
+
+Output: a table, and ``logs/benchmarks/seq2seq_vs_trainer.json``. Ratios are arm/trainer for rates: above 1
+means lmforge is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from text_classification_vs_trainer import OFFLINE_ENV, PhaseClock, schedule  # noqa: E402  (the shared harness)
+
+import text_classification_vs_trainer as harness  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+DEFAULT_OUT = ROOT / "logs" / "benchmarks" / "seq2seq_vs_trainer.json"
+ARMS = ("lmforge", "trainer", "lmforge_grouped")
+
+
+def base_overrides(a: argparse.Namespace) -> list[str]:
+    return ["experiment=multi30k", f"seed={a.seed}", f"data.max_train_samples={a.train_pairs}",
+            f"data.max_eval_samples={a.eval_pairs}", f"data.batch_size={a.batch_size}",
+            f"data.max_source_length={a.max_length}", f"data.max_target_length={a.max_length}",
+            "data.num_workers=0", f"paths.data_dir={a.data_dir}", f"paths.cache_dir={a.cache_dir}"]
+
+
+def tokenizer_folder(a: argparse.Namespace) -> tuple[str, list[dict]]:
+    """The tokenizer lmforge trains on the training pairs (once, cached), and the evaluation pairs."""
+    import tempfile
+
+    from lmforge.train import build_datamodule
+    from lmforge.utils.compose import compose_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_config(base_overrides(a), Path(tmp) / "run", Path(a.cache_dir), Path(a.data_dir))
+        dm = build_datamodule(cfg)
+        dm.prepare_data()
+        dm.setup("fit")
+        ds = dm.datasets["validation"]
+        pairs = [{"source": ds.source(i), "target": ds.reference(i)} for i in range(len(ds))]
+        train = dm.datasets["train"]
+        rows = [{"source": train.source(i), "target": train.reference(i)} for i in range(len(train))]
+        return str(dm.tokenizer_dir), pairs, rows
+
+
+def lmforge_overrides(a: argparse.Namespace, grouped: bool) -> list[str]:
+    return [*base_overrides(a), f"model.tokenizer={a.tokenizer}", f"data.group_by_length={'true' if grouped else 'false'}",
+            "trainer.max_epochs=1", "trainer.max_time=null", "trainer.val_check_interval=null",
+            "trainer.check_val_every_n_epoch=1", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
+            "trainer.gradient_clip_val=1.0", "trainer.precision=32-true", f"optimizer.lr={a.lr}",
+            "optimizer.weight_decay=0.01", "scheduler=linear", "scheduler.warmup=0.05", "export=false", "test=false",
+            "predict.texts=[]", f"task.generation.max_new_tokens={a.max_new_tokens}",
+            f"task.generation.batch_size={a.eval_batch_size}", "callbacks.early_stopping=null",
+            *(["accelerator=cpu"] if a.device == "cpu" else [])]
+
+
+def run_lmforge(a: argparse.Namespace, clock: PhaseClock, run_dir: Path, grouped: bool) -> dict:
+    import lightning as L
+    from omegaconf import open_dict
+
+    from lmforge.train import train
+    from lmforge.utils.compose import compose_config
+
+    class Clock(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            clock.start()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            clock.count(batch["input_ids"], batch.get("attention_mask"))
+            clock.tokens += int((batch["labels"] != -100).sum())
+            clock.padded_tokens += int(batch["labels"].numel())
+            clock.step_end(last=batch_idx + 1 >= trainer.num_training_batches)
+
+        def on_train_end(self, trainer, pl_module):
+            clock.finish()
+
+        def on_fit_end(self, trainer, pl_module):
+            self.module, self.datamodule = pl_module, trainer.datamodule
+
+    harness._LMFORGE_CLOCK = clock
+    cb = Clock()
+    sys.modules["__main__"]._BenchClock = lambda: cb  # type: ignore[attr-defined]
+    overrides = lmforge_overrides(a, grouped)
+    cfg = compose_config(overrides, run_dir, Path(a.cache_dir), Path(a.data_dir))
+    with open_dict(cfg):
+        cfg.callbacks.bench_clock = {"_target_": "__main__._BenchClock"}
+    train(cfg)
+    pairs = json.loads(Path(a.pairs_file).read_text())
+    t0 = time.perf_counter()
+    hyps = [r["prediction"] for r in cb.module.predict([p["source"] for p in pairs], cb.datamodule)]
+    gen_sec = time.perf_counter() - t0
+    return {"hyps": hyps, "gen_sec": gen_sec, "config": {"overrides": overrides}}
+
+
+def run_trainer(a: argparse.Namespace, clock: PhaseClock, run_dir: Path) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import (AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments,
+                              TrainerCallback, set_seed)
+
+    from lmforge.tasks.seq2seq.module import Seq2SeqModule
+    from lmforge.train import build_datamodule, build_module
+    from lmforge.utils.compose import compose_config
+
+    tok = AutoTokenizer.from_pretrained(a.tokenizer)
+    # the same model as lmforge's arm: built by lmforge's factory from the same config and seed
+    cfg = compose_config(lmforge_overrides(a, False), run_dir / "cfg", Path(a.cache_dir), Path(a.data_dir))
+    dm = build_datamodule(cfg)
+    module: Seq2SeqModule = build_module(cfg, facts=dm.model_facts())
+    module.configure_model()
+    model = module.trainable()
+    rows = json.loads(Path(a.train_file).read_text())
+    pairs = json.loads(Path(a.pairs_file).read_text())
+
+    def encode(batch):
+        enc = tok(batch["source"], text_target=batch["target"], truncation=True, max_length=a.max_length)
+        return enc
+
+    train_ds = Dataset.from_list(rows).map(encode, batched=True, remove_columns=["source", "target"])
+    eval_ds = Dataset.from_list(pairs).map(encode, batched=True, remove_columns=["source", "target"])
+    inner = DataCollatorForSeq2Seq(tok, model=model, label_pad_token_id=-100)
+    armed = {"on": False}
+
+    def collate(features):
+        batch = inner(features)
+        if armed["on"]:
+            clock.count(batch["input_ids"], batch.get("attention_mask"))
+            clock.tokens += int((batch["labels"] != -100).sum())
+            clock.padded_tokens += int(batch["labels"].numel())
+        return batch
+
+    class BenchClock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            armed["on"] = True
+
+        def on_epoch_begin(self, args, state, control, **kw):
+            clock.start()
+
+        def on_step_end(self, args, state, control, **kw):
+            clock.step_end(last=state.global_step >= state.max_steps)
+
+        def on_train_end(self, args, state, control, **kw):
+            armed["on"] = False
+            clock.finish()
+
+    set_seed(a.seed)
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(run_dir), per_device_train_batch_size=a.batch_size, per_device_eval_batch_size=a.eval_batch_size,
+        learning_rate=a.lr, weight_decay=0.01, lr_scheduler_type="linear", warmup_steps=0.05, max_grad_norm=1.0,
+        num_train_epochs=1, seed=a.seed, eval_strategy="no", save_strategy="no", logging_steps=10, report_to=[],
+        dataloader_num_workers=0, fp16=False, bf16=False, predict_with_generate=True,
+        generation_max_length=None, generation_num_beams=1,
+        use_cpu=a.device == "cpu" or not torch.cuda.is_available())
+    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=train_ds, data_collator=collate,
+                             processing_class=tok, callbacks=[BenchClock()])
+    trainer.train()
+    t0 = time.perf_counter()
+    pred = trainer.predict(eval_ds, max_new_tokens=a.max_new_tokens, num_beams=1)
+    gen_sec = time.perf_counter() - t0
+    ids = [[t for t in row if t >= 0] for row in pred.predictions.tolist()]
+    hyps = [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
+    return {"hyps": hyps, "gen_sec": gen_sec, "config": {"batch_size": a.batch_size, "lr": a.lr, "optim": str(args.optim)}}
+
+
+def child(a: argparse.Namespace) -> int:
+    import sacrebleu
+    import torch
+
+    torch.set_num_threads(a.threads)
+    clock = PhaseClock()
+    run_dir = Path(a.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    out = run_trainer(a, clock, run_dir) if a.arm == "trainer" else \
+        run_lmforge(a, clock, run_dir, grouped=a.arm == "lmforge_grouped")
+    refs = [p["target"] for p in json.loads(Path(a.pairs_file).read_text())]
+    hyps = out.pop("hyps")
+    res = {"arm": a.arm, **clock.result(), **out, "pairs": a.train_pairs, "process_sec": time.perf_counter() - t0,
+           "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+           "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score}
+    res["train_tokens_per_sec"] = res["tokens"] / res["train_sec"]
+    res["gen_sentences_per_sec"] = len(hyps) / res["gen_sec"]
+    Path(a.result_file).write_text(json.dumps(res, indent=2, default=str))
+    return 0
+
+
+METRICS = [("train_tokens_per_sec", "train tok/s", "{:.0f}"), ("train_sec", "train s", "{:.1f}"),
+           ("padding_fraction", "pad frac", "{:.3f}"), ("gen_sentences_per_sec", "gen sent/s", "{:.1f}"),
+           ("ru_maxrss_mib", "peak RSS MiB", "{:.0f}"), ("bleu", "BLEU", "{:.2f}")]
+
+
+def run_child(a: argparse.Namespace, arm: str, idx: int, runs_dir: Path, passthrough: list[str]) -> dict:
+    run_dir = runs_dir / f"{idx:02d}_{arm}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result = run_dir / "result.json"
+    result.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--arm", arm, "--result-file", str(result),
+           "--run-dir", str(run_dir), *passthrough]
+    env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)}
+    log_file = run_dir / "output.log"
+    print(f"[{time.strftime('%H:%M:%S')}] run {idx}: {arm} ... (log: {log_file})", flush=True)
+    with open(log_file, "w") as fh:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode != 0 or not result.exists():
+        raise SystemExit(f"{arm} run {idx} failed (exit {proc.returncode}):\n{log_file.read_text()[-4000:]}")
+    res = {**json.loads(result.read_text()), "run": idx}
+    print("    " + ", ".join(f"{h} {f.format(res[k])}" for k, h, f in METRICS if res.get(k) is not None), flush=True)
+    return res
+
+
+def summarize(results: list[dict]) -> dict:
+    arms = [arm for arm in ARMS if any(r["arm"] == arm for r in results)]
+    med = {arm: {k: statistics.median(r[k] for r in results if r["arm"] == arm and r.get(k) is not None)
+                 for k, _, _ in METRICS} for arm in arms}
+    out: dict[str, Any] = {"median": med}
+    if "trainer" in med:
+        for arm in (x for x in med if x != "trainer"):
+            out[f"ratio_{arm}_over_trainer"] = {
+                "train_tokens_per_sec": med[arm]["train_tokens_per_sec"] / med["trainer"]["train_tokens_per_sec"],
+                "gen_sentences_per_sec": med[arm]["gen_sentences_per_sec"] / med["trainer"]["gen_sentences_per_sec"],
+                "peak_rss": med[arm]["ru_maxrss_mib"] / med["trainer"]["ru_maxrss_mib"],
+                "bleu_diff": med[arm]["bleu"] - med["trainer"]["bleu"]}
+    return out
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--train-pairs", type=int, default=4000, help="Multi30k training pairs")
+    p.add_argument("--eval-pairs", type=int, default=300, help="validation pairs generated and scored")
+    p.add_argument("--data-dir", default=os.environ.get("LMFORGE_DATA_DIR", str(DEFAULT_DATA)))
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--order", choices=["abab", "abba"], default="abba")
+    p.add_argument("--arms", default="lmforge,trainer", help=f"comma-separated, one repeat's order: {', '.join(ARMS)}")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--eval-batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--device", choices=["auto", "cpu"], default="auto")
+    p.add_argument("--cache-dir", default=str(ROOT / "logs" / "benchmarks" / "cache"))
+    p.add_argument("--out", default=str(DEFAULT_OUT))
+    p.add_argument("--arm", choices=list(ARMS), help=argparse.SUPPRESS)
+    p.add_argument("--result-file", help=argparse.SUPPRESS)
+    p.add_argument("--run-dir", help=argparse.SUPPRESS)
+    p.add_argument("--tokenizer", help=argparse.SUPPRESS)
+    p.add_argument("--pairs-file", help=argparse.SUPPRESS)
+    p.add_argument("--train-file", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = parse(argv)
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+    if a.arm:
+        return child(a)
+    if not (Path(a.data_dir) / "multi30k" / "train.de").is_file():
+        raise SystemExit(f"{Path(a.data_dir) / 'multi30k' / 'train.de'} not found (use --data-dir)")
+    chosen = [x.strip() for x in a.arms.split(",") if x.strip()]
+    if not chosen or any(x not in ARMS for x in chosen):
+        raise SystemExit(f"--arms {a.arms}: expected a comma-separated subset of {', '.join(ARMS)}")
+    out = Path(a.out)
+    runs_dir = out.parent / (out.stem + "_runs")
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    tok_dir, pairs, rows = tokenizer_folder(a)
+    (runs_dir / "eval_pairs.json").write_text(json.dumps(pairs[: a.eval_pairs], ensure_ascii=False))
+    (runs_dir / "train_pairs.json").write_text(json.dumps(rows, ensure_ascii=False))
+    passthrough, skip = [], False  # everything but --out goes to the children
+    for x in argv:
+        if skip or x.startswith("--out="):
+            skip = False
+            continue
+        if x == "--out":
+            skip = True
+            continue
+        passthrough.append(x)
+    passthrough += ["--threads", str(a.threads), "--data-dir", a.data_dir, "--tokenizer", tok_dir,
+                    "--pairs-file", str(runs_dir / "eval_pairs.json"), "--train-file", str(runs_dir / "train_pairs.json")]
+    order = schedule(a.repeats, a.order, chosen)
+    print(f"{len(order)} runs ({', '.join(order)}), {len(rows)} training pairs, batch {a.batch_size}, lr {a.lr}, "
+          f"{a.threads} torch threads", flush=True)
+    t0 = time.time()
+    results = [run_child(a, arm, i, runs_dir, passthrough) for i, arm in enumerate(order)]
+    summary = summarize(results)
+    import torch
+
+    doc = {"benchmark": "seq2seq_vs_trainer",
+           "command": " ".join(["python", str(Path(__file__).relative_to(ROOT)), *argv]),
+           "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "settings": {"model": "t5 tiny", "data": "multi30k de-en", "train_pairs": len(rows),
+                        "eval_pairs": a.eval_pairs, "batch_size": a.batch_size, "lr": a.lr,
+                        "max_length": a.max_length, "threads": a.threads, "order": order},
+           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                       "cuda": torch.cuda.is_available(), "loadavg": os.getloadavg()},
+           "summary": summary, "runs": results, "total_wall_sec": time.time() - t0}
+    out.write_text(json.dumps(doc, indent=2, default=str))
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"tiny T5 / Multi30k de-en ({len(rows)} pairs, batch {a.batch_size}, {a.threads} threads): "
+                        "lmforge vs Seq2SeqTrainer")
+    for h in ["run", "arm", *(h for _, h, _ in METRICS)]:
+        table.add_column(h, justify="left" if h in ("run", "arm") else "right")
+    for r in results:
+        table.add_row(str(r["run"]), r["arm"], *(f.format(r[k]) if r.get(k) is not None else "-" for k, _, f in METRICS))
+    for arm, m in summary["median"].items():
+        table.add_row("median", arm, *(f.format(m[k]) for k, _, f in METRICS))
+    for key, ratio in summary.items():
+        if key.startswith("ratio_"):
+            table.add_row("ratio", key[6:].replace("_over_", "/"), f"{ratio['train_tokens_per_sec']:.3f}x", "", "",
+                          f"{ratio['gen_sentences_per_sec']:.3f}x", f"{ratio['peak_rss']:.2f}x",
+                          f"{ratio['bleu_diff']:+.2f}")
+    Console(width=200).print(table)
+    print(f"wrote {out} ({doc['total_wall_sec']:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
