@@ -28,15 +28,12 @@ from torch.utils.data import Dataset
 
 from lmforge.data.datamodule import ArrayDataset, LMForgeDataModule, is_missing
 from lmforge.data.collate import PadCollator
+from lmforge.data.columns import LABEL_COLUMNS, PAIR_COLUMNS, TEXT_COLUMNS
 from lmforge.data.sources import SplitRows, columns_of, read_tables, where
 from lmforge.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-TEXT_COLUMNS = ("text", "sentence", "sentence1", "question1", "premise", "question", "review", "content",
-                "document", "tweet", "query")
-PAIR_COLUMNS = ("text_pair", "sentence2", "question2", "hypothesis", "passage", "answer")
-LABEL_COLUMNS = ("label", "labels", "score", "similarity", "sentiment", "target", "class", "gold_label", "y")
 ROLE_KEYS = {"text": "data.text_column", "pair": "data.text_pair_column", "label": "data.label_column"}
 
 
