@@ -61,8 +61,8 @@ def base_overrides(a: argparse.Namespace) -> list[str]:
             "data.num_workers=0", f"paths.data_dir={a.data_dir}", f"paths.cache_dir={a.cache_dir}"]
 
 
-def tokenizer_folder(a: argparse.Namespace) -> tuple[str, list[dict]]:
-    """The tokenizer lmforge trains on the training pairs (once, cached), and the evaluation pairs."""
+def tokenizer_folder(a: argparse.Namespace) -> tuple[str, list[dict], list[dict]]:
+    """The tokenizer lmforge trains on the training pairs (once, cached), the evaluation and the training pairs."""
     import tempfile
 
     from lmforge.train import build_datamodule

@@ -83,7 +83,8 @@ def shrink(cmd: str) -> list[str]:
         return extra
     extra += SHRINK
     if ("data=sst2" in cmd or "experiment=sst2" in cmd or "experiment=stsb" in cmd or "data=local" in cmd
-            or "experiment=conll2003" in cmd or "experiment=squad" in cmd):
+            or "experiment=conll2003" in cmd or "experiment=squad" in cmd or "experiment=multi30k" in cmd
+            or "experiment=samsum" in cmd):
         extra += ["data.max_train_samples=64", "data.max_eval_samples=32"]
     if "data=tinyshakespeare" in cmd:
         extra += ["data.max_eval_blocks=16"]
@@ -203,7 +204,8 @@ def test_readme_commands_work_as_written(project):
         if "&& python train.py" in cmd:  # the install command: the package is installed; run the job
             cmd = "python train.py" + cmd.split("&& python train.py", 1)[1]
         if ("../shared/data" in cmd or "experiment=sst2" in cmd or "experiment=stsb" in cmd
-                or "experiment=conll2003" in cmd or "experiment=squad" in cmd or "tinyshakespeare" in cmd) \
+                or "experiment=conll2003" in cmd or "experiment=squad" in cmd or "experiment=multi30k" in cmd
+                or "experiment=samsum" in cmd or "tinyshakespeare" in cmd) \
                 and not SHARED_DATA.is_dir():
             skipped.append((cmd, "../shared/data is not beside this checkout"))
             continue

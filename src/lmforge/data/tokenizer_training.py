@@ -3,6 +3,9 @@
 * ``kind="bpe"``: GPT-2 style byte-level BPE for decoders. One special token, ``<|endoftext|>``,
   serves as eos (the packer puts it between documents), bos, unk (never produced: every byte is in
   the vocabulary) and pad. No post-processor: encoding adds no special tokens.
+* ``kind="seq2seq"``: SentencePiece-style BPE (``\u2581`` word starts) for encoder-decoders (translation, summarization), trained on
+  sources and targets together; specials ``<pad>=0 </s>=1 <unk>=2`` as T5 numbers them; encoding
+  appends ``</s>`` (the end of every source and every target).
 * ``kind="wordpiece"``: BERT style WordPiece for encoders, ``##`` continuation, specials
   ``[PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4``; encoding adds ``[CLS] ... [SEP]``
   (``[CLS] a [SEP] b [SEP]`` for pairs).
@@ -29,7 +32,8 @@ from lmforge.utils.errors import ConfigError
 CACHE_VERSION = "1"  # bump when training changes in a way that should invalidate cached tokenizers
 EOS = "<|endoftext|>"
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
-KINDS = ("bpe", "wordpiece")
+KINDS = ("bpe", "wordpiece", "seq2seq")
+S2S_PAD, S2S_EOS, S2S_UNK = "<pad>", "</s>", "<unk>"
 # data.tokenizer_training: enabled auto = when the model names no tokenizer; kind auto = the task's kind
 SETTINGS = {"enabled": "auto", "kind": "auto", "vocab_size": 8000, "min_frequency": 2, "lowercase": False}
 
@@ -76,6 +80,21 @@ def train_tokenizer(
         )
         tok.train_from_iterator(texts, trainer=trainer)
         specials = dict(bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS)
+    elif kind == "seq2seq":
+        # SentencePiece-style BPE (as T5/mBART tokenize): a word-start marker instead of bytes, so decoding
+        # gives the text back without a leading space; characters never seen in training are <unk>
+        tok = Tokenizer(models.BPE(unk_token=S2S_UNK))
+        tok.normalizer = normalizers.Sequence([normalizers.NFKC(), *([normalizers.Lowercase()] if lowercase else [])])
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+        tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                      special_tokens=[S2S_PAD, S2S_EOS, S2S_UNK], limit_alphabet=1000,
+                                      show_progress=False)
+        tok.train_from_iterator(texts, trainer=trainer)
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"$A {S2S_EOS}", pair=f"$A {S2S_EOS} $B {S2S_EOS}", special_tokens=[(S2S_EOS, tok.token_to_id(S2S_EOS))])
+        specials = dict(pad_token=S2S_PAD, eos_token=S2S_EOS, unk_token=S2S_UNK)
+        specials["model_input_names"] = ["input_ids", "attention_mask"]
     elif kind == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token=UNK, continuing_subword_prefix="##"))
         tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=lowercase)

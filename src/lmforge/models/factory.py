@@ -1,7 +1,7 @@
 """Backbones from config: a pretrained checkpoint, or a family + size preset initialised at random.
 
 ``model`` config keys (see ``configs/model/``):
-  family            bert | roberta | gpt2 | llama (decides the HF config class)
+  family            bert | roberta | gpt2 | llama | t5 | bart (decides the HF config class)
   name_or_path      hub id or local folder to load pretrained weights from; null = random init
   tokenizer         hub id or local folder of the tokenizer (defaults to name_or_path)
   size              {num_layers, hidden_size, num_heads, intermediate_size} for random init
@@ -34,7 +34,30 @@ FAMILY_FIELDS: dict[str, dict[str, str]] = {
     "llama": dict(num_layers="num_hidden_layers", hidden_size="hidden_size", num_heads="num_attention_heads",
                   intermediate_size="intermediate_size", max_position_embeddings="max_position_embeddings"),
 }
-MODEL_TYPE = {"bert": "bert", "roberta": "roberta", "gpt2": "gpt2", "llama": "llama"}
+FAMILY_FIELDS["t5"] = dict(num_layers="num_layers", hidden_size="d_model", num_heads="num_heads", intermediate_size="d_ff")
+# BART: num_layers is each side's depth (encoder and decoder alike)
+FAMILY_FIELDS["bart"] = dict(num_layers="encoder_layers", hidden_size="d_model", num_heads="encoder_attention_heads",
+                             intermediate_size="encoder_ffn_dim", max_position_embeddings="max_position_embeddings")
+MODEL_TYPE = {"bert": "bert", "roberta": "roberta", "gpt2": "gpt2", "llama": "llama", "t5": "t5", "bart": "bart"}
+# encoder-decoder families: the published models' dimensions for a model/size name (each side's depth);
+# where a family has no published model of that name, the generic preset's dimensions with this depth
+FAMILY_PRESETS: dict[str, dict[str, dict[str, int]]] = {
+    # T5-small (60M) and T5-base (220M), T5-large (770M)
+    "t5": {"tiny": dict(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512),
+           "small": dict(num_layers=6, hidden_size=512, num_heads=8, intermediate_size=2048),
+           "base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
+           "large": dict(num_layers=24, hidden_size=1024, num_heads=16, intermediate_size=4096)},
+    # no BART-small was published: small is T5-small's width at 6 + 6 layers; base = BART-base (140M),
+    # large = BART-large (400M)
+    "bart": {"tiny": dict(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512),
+             "small": dict(num_layers=6, hidden_size=512, num_heads=8, intermediate_size=2048),
+             "base": dict(num_layers=6, hidden_size=768, num_heads=12, intermediate_size=3072),
+             "large": dict(num_layers=12, hidden_size=1024, num_heads=16, intermediate_size=4096)},
+}
+# the decoder's copies of the encoder's size fields
+DECODER_FIELDS = {"bart": {"encoder_layers": "decoder_layers", "encoder_attention_heads": "decoder_attention_heads",
+                           "encoder_ffn_dim": "decoder_ffn_dim"},
+                  "t5": {"num_layers": "num_decoder_layers"}}
 
 
 def _plain(cfg: Any) -> dict:
@@ -125,8 +148,14 @@ def build_hf_config(model_cfg: Mapping, **facts: Any) -> PretrainedConfig:
         if not size:
             raise ConfigError(f"model={family} with model.name_or_path=null needs a size: add model/size=tiny|small|base|large")
         fields = FAMILY_FIELDS[family]
+        preset = FAMILY_PRESETS.get(family, {}).get(str(size.get("name")))
+        if preset:  # an encoder-decoder family's own dimensions for this size name
+            size = {**size, **preset}
         values = {**size, "max_position_embeddings": model_cfg.get("max_position_embeddings")}
         kwargs = {fields[k]: v for k, v in values.items() if k in fields and v is not None}
+        for enc, dec in DECODER_FIELDS.get(family, {}).items():
+            if enc in kwargs:
+                kwargs[dec] = kwargs[enc]
         config = AutoConfig.for_model(MODEL_TYPE[family], **kwargs, **overrides)
     for k, v in facts.items():
         if v is not None:

@@ -1,7 +1,9 @@
 """Text generation shared by the generative tasks (causal LM now, seq2seq and instruction tuning next).
 
 Decoding settings come from the task config (``task.generation``): ``max_new_tokens``, ``do_sample``,
-``temperature``, ``top_k``, ``top_p``, ``num_beams``, ``repetition_penalty`` and ``seed``. Prompts are
+``temperature``, ``top_k``, ``top_p``, ``num_beams``, ``length_penalty``, ``no_repeat_ngram_size``,
+``repetition_penalty`` and ``seed``. Encoder-decoders (seq2seq) generate from tokenized batches with
+:func:`generate_ids` (batched, with the KV cache). Prompts are
 generated in batches; decoder-only models are padded on the left so every prompt ends where its new
 tokens begin. The seed is fixed for sampling, and the caller's RNG state is left untouched, so
 generating during training does not change the run.
@@ -14,7 +16,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 DEFAULTS = {"max_new_tokens": 40, "do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0,
-            "num_beams": 1, "repetition_penalty": 1.0, "seed": 0, "batch_size": 16}
+            "num_beams": 1, "repetition_penalty": 1.0, "seed": 0, "batch_size": 16, "length_penalty": 1.0,
+            "no_repeat_ngram_size": 0}
 KNOWN = set(DEFAULTS)
 
 
@@ -29,6 +32,10 @@ def generation_kwargs(settings: Mapping[str, Any], tokenizer: Any) -> dict[str, 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     kwargs: dict[str, Any] = dict(max_new_tokens=int(g["max_new_tokens"]), do_sample=bool(g["do_sample"]),
                                   num_beams=int(g["num_beams"]), pad_token_id=pad)
+    if int(g["num_beams"]) > 1 and float(g["length_penalty"]) != 1.0:
+        kwargs["length_penalty"] = float(g["length_penalty"])
+    if int(g["no_repeat_ngram_size"] or 0) > 0:
+        kwargs["no_repeat_ngram_size"] = int(g["no_repeat_ngram_size"])
     if float(g["repetition_penalty"]) != 1.0:
         kwargs["repetition_penalty"] = float(g["repetition_penalty"])
     if g["do_sample"]:
@@ -74,3 +81,24 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], settings: Mappi
         tokenizer.padding_side = side
         model.train(was_training)
     return out_texts
+
+
+@torch.no_grad()
+def generate_ids(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer: Any,
+                 settings: Mapping[str, Any] | None = None) -> list[str]:
+    """Encoder-decoders: the decoded output for each row of an already tokenized, padded batch, with the
+    task's decoding settings (greedy or beam search; the model's own start, end and pad tokens)."""
+    settings = dict(settings or {})
+    kwargs = generation_kwargs({k: v for k, v in settings.items() if k != "batch_size"}, tokenizer)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(settings.get("seed", DEFAULTS["seed"])))
+            out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs)
+    finally:
+        model.train(was_training)
+    return [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
