@@ -71,6 +71,16 @@ def test_the_export_loads_with_plain_transformers_and_generates_the_same_text(ru
     assert theirs == ours
 
 
+def test_lmforge_load_serves_the_export_from_the_folder_alone(run):
+    import lmforge
+
+    _, cfg, _ = run
+    ours = [json.loads(line)["prediction"] for line in Path(cfg.paths.output_dir, "predictions.jsonl").read_text().splitlines()]
+    predictor = lmforge.load(Path(cfg.paths.output_dir, "export"))
+    assert predictor.predict(NEW) == ours
+    assert predictor(NEW[0]) == ours[0]
+
+
 def test_eval_py_predicts_a_text_file_into_hypotheses_that_sacrebleu_reads(run, tmp_path):
     base, cfg, _ = run
     (tmp_path / "src.txt").write_text("\n".join(NEW) + "\n", encoding="utf-8")

@@ -43,7 +43,7 @@ def load(folder: str | Path, **kwargs: Any) -> Any:
     if not name:
         arch = ", ".join(config.get("architectures") or []) if isinstance(config, dict) else ""
         raise ValueError(f"{folder}: its config.json names no lmforge predictor ({PREDICTOR_KEY}); lmforge.load "
-                         f"serves exports of tasks that transformers.pipeline cannot serve (question answering). "
+                         f"serves exports of tasks that transformers 5's pipeline cannot serve (question answering, translation, summarization). "
                          f"This folder ({arch or 'no architectures listed'}) loads with transformers' Auto classes "
                          "or transformers.pipeline")
     module_name, _, cls_name = str(name).partition(":")

@@ -37,6 +37,7 @@ from lmforge.models.factory import build_model, trust_remote_code
 from lmforge.models.generation import DEFAULTS, generate_ids, generation_kwargs
 from lmforge.tasks.base import TaskModule, _plain, as_records
 from lmforge.tasks.seq2seq.metrics import GeneratedText
+from lmforge.tasks.seq2seq.predictor import SERVE_KEY, Seq2SeqPredictor
 from lmforge.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 MODEL_KEYS = ("input_ids", "attention_mask")
 SCORE = {"translation": "bleu", "summarization": "rougeL"}
 # where the export keeps what serving needs besides the model (config.task_specific_params)
-SERVE_KEY = "lmforge_seq2seq"
 
 
 def build_bert2bert(model_cfg: Mapping, facts: Mapping) -> torch.nn.Module:
@@ -151,6 +151,9 @@ class Seq2SeqModule(TaskModule):
             gc.temperature, gc.top_k, gc.top_p = float(g["temperature"]), int(g["top_k"]), float(g["top_p"])
         else:
             gc.temperature, gc.top_k, gc.top_p = None, None, None
+        from lmforge.serving import PREDICTOR_KEY, predictor_name
+
+        setattr(model.config, PREDICTOR_KEY, predictor_name(Seq2SeqPredictor))  # what lmforge.load builds
         model.config.task_specific_params = {**(getattr(model.config, "task_specific_params", None) or {}),
                                              SERVE_KEY: {"kind": self.kind, "source_prefix": self.source_prefix,
                                                          "max_source_length": self.max_source_length,
@@ -276,24 +279,11 @@ class Seq2SeqModule(TaskModule):
     # -- serving -----------------------------------------------------------------------------
     @classmethod
     def serve(cls, export_folder: str | Path, inputs: Sequence[Mapping[str, Any] | str], **kwargs: Any) -> list[dict]:
-        """Predictions from the export folder alone, with plain ``transformers``: ``AutoModelForSeq2SeqLM``,
-        ``AutoTokenizer`` and ``model.generate`` with the export's own ``generation_config.json``."""
-        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-        model = AutoModelForSeq2SeqLM.from_pretrained(str(export_folder)).eval()
-        tok = AutoTokenizer.from_pretrained(str(export_folder))
-        info = (getattr(model.config, "task_specific_params", None) or {}).get(SERVE_KEY, {})
-        prefix, max_len = info.get("source_prefix", ""), int(info.get("max_source_length", 512))
-        bs = int(info.get("batch_size", 16))
-        texts = [x if isinstance(x, str) else x["source"] for x in inputs]
-        out: list[str] = []
-        with torch.no_grad():
-            for start in range(0, len(texts), bs):
-                enc = tok([prefix + t for t in texts[start: start + bs]], truncation=True, max_length=max_len,
-                          padding=True, return_tensors="pt")
-                ids = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-                out += [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
-        return [{"prediction": p} for p in out]
+        """Predictions from the export folder alone, with plain ``transformers`` (:class:`Seq2SeqPredictor`, what
+        ``lmforge.load(<export>)`` builds): ``AutoModelForSeq2SeqLM``, ``AutoTokenizer`` and ``model.generate`` with
+        the export's own ``generation_config.json``."""
+        options = {k: kwargs[k] for k in ("device", "batch_size") if k in kwargs}  # the rest is the contract's
+        return [{"prediction": p} for p in Seq2SeqPredictor(export_folder, **options).predict(inputs)]
 
 
 class _NoTokenizer:
