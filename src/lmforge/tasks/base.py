@@ -281,9 +281,9 @@ class TaskModule(L.LightningModule):
         logged = {f"{prefix}/{k}": v for k, v in values.items()}
         if self.score_metric is not None and self.score_metric in values:
             logged[f"{prefix}/score"] = values[self.score_metric]
-        # the values are already synced by torchmetrics (every rank holds the same); sync_dist=True only
-        # tells Lightning so (without it, it warns once per metric under DDP)
-        self.log_dict(logged, prog_bar=stage == "val", sync_dist=True)
+        # the values are already synced by torchmetrics (every rank holds the same): no sync_dist (Lightning's
+        # per-metric DDP warning about it is expected)
+        self.log_dict(logged, prog_bar=stage == "val")
         if stage == "test" and self.eval_output_dir is not None:
             self.write_eval_files(prefix, Path(self.eval_output_dir))
 
