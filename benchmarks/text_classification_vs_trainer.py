@@ -633,6 +633,29 @@ def print_table(results: list[dict], summary: dict, title: str) -> None:
 
 
 
+def run_arm_child(script: Path, a: argparse.Namespace, arm: str, idx: int, runs_dir: Path, passthrough: list[str],
+                  metrics: list[tuple[str, str, str]]) -> dict:
+    """Run one arm of a ``*_vs_trainer.py`` benchmark (``script --arm <arm>``) in a fresh process with ``a.threads``
+    threads; its output goes to ``<runs_dir>/NN_<arm>/output.log``, its result (a JSON file) is returned and its
+    ``metrics`` (key, heading, format) printed on one line."""
+    run_dir = runs_dir / f"{idx:02d}_{arm}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result = run_dir / "result.json"
+    result.unlink(missing_ok=True)
+    cmd = [sys.executable, str(script), "--arm", arm, "--result-file", str(result), "--run-dir", str(run_dir),
+           *passthrough]
+    env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)}
+    log_file = run_dir / "output.log"
+    print(f"[{time.strftime('%H:%M:%S')}] run {idx}: {arm} ... (log: {log_file})", flush=True)
+    with open(log_file, "w") as fh:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode != 0 or not result.exists():
+        raise SystemExit(f"{arm} run {idx} failed (exit {proc.returncode}):\n{log_file.read_text()[-4000:]}")
+    res = {**json.loads(result.read_text()), "run": idx}
+    print("    " + ", ".join(f"{hd} {f.format(res[k])}" for k, hd, f in metrics if res.get(k) is not None), flush=True)
+    return res
+
+
 def add_arm_args(p, arms, default_data, default_out) -> None:
     """The options every ``*_vs_trainer.py`` benchmark shares: data, repeats and order of the arms,
     threads, seed, device, cache and output, and the hidden ones a child process gets."""

@@ -35,7 +35,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -202,22 +201,7 @@ METRICS = [("sentences_per_sec", "sentences/s", "{:.2f}"), ("tokens_per_sec", "n
 
 
 def run_child(a: argparse.Namespace, arm: str, idx: int, runs_dir: Path, passthrough: list[str]) -> dict:
-    run_dir = runs_dir / f"{idx:02d}_{arm}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    result = run_dir / "result.json"
-    result.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--arm", arm, "--result-file", str(result),
-           "--run-dir", str(run_dir), *passthrough]
-    env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)}
-    log_file = run_dir / "output.log"
-    print(f"[{time.strftime('%H:%M:%S')}] run {idx}: {arm} ... (log: {log_file})", flush=True)
-    with open(log_file, "w") as fh:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    if proc.returncode != 0 or not result.exists():
-        raise SystemExit(f"{arm} run {idx} failed (exit {proc.returncode}):\n{log_file.read_text()[-4000:]}")
-    res = {**json.loads(result.read_text()), "run": idx}
-    print("    " + ", ".join(f"{h} {f.format(res[k])}" for k, h, f in METRICS if res.get(k) is not None), flush=True)
-    return res
+    return harness.run_arm_child(Path(__file__).resolve(), a, arm, idx, runs_dir, passthrough, METRICS)
 
 
 def summarize(results: list[dict]) -> dict:
