@@ -34,6 +34,7 @@ def test_fast_dev_run(make_cfg, overrides):
     assert "test/accuracy" in metrics and 0.0 <= metrics["test/accuracy"] <= 1.0
 
 
+@pytest.mark.slow  # a learning test: 4 epochs of a from-scratch model
 def test_tiny_model_learns_the_sample(make_cfg):
     metrics = train(make_cfg(TINY + ["trainer.max_epochs=4", "predict.texts=null"]))
     assert metrics["test/accuracy"] >= 0.85, metrics
@@ -102,6 +103,7 @@ def test_eval_without_a_run_fails_clearly(tmp_path):
         run_script(["eval.py", f"hydra.run.dir={tmp_path / 'eval'}"])
 
 
+@pytest.mark.slow  # a learning test: 4 epochs on 800 generated pairs
 def test_regression_on_pairs(make_cfg, tmp_path):
     """Scores on sentence pairs (STS-B's shape): the score counts the positive words in both sentences."""
     import random

@@ -1,4 +1,5 @@
-"""FSDP2 for every model family lmforge builds: shard each transformer block, then the root.
+"""Strategies: FSDP2 for every model family lmforge builds (shard each transformer block, then the root),
+and DDP with spawned processes that leave their process group together.
 
 Blocks are found from the model itself, never from a per-model class list: Hugging Face models name
 the classes that must not be split across devices in ``_no_split_modules`` (``BertLayer``,
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -89,3 +91,26 @@ class FSDP2Strategy(ModelParallelStrategy):
     def setup_environment(self) -> None:
         self._data_parallel_size = self.resolved_data_parallel_size()
         super().setup_environment()
+
+
+class _OrderlyExitLauncher(_MultiProcessingLauncher):
+    """Lightning's launcher for spawned workers; a worker that finished its job waits for the others (a barrier),
+    then leaves the process group before it exits. A worker that fails does not wait (the others would hang)."""
+
+    def _wrapping_function(self, *args: Any, **kwargs: Any) -> None:
+        super()._wrapping_function(*args, **kwargs)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
+class SpawnDDPStrategy(DDPStrategy):
+    """``strategy=ddp_spawn``: Lightning's DDP with processes started by ``torch.multiprocessing``, whose workers
+    leave the process group together before they exit. Without that, one worker could exit while gloo's threads
+    still served the other: in a clean-clone CI run a worker aborted after the test loop (``terminate called
+    without an active exception``, SIGABRT), once in many runs."""
+
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        if type(self._launcher) is _MultiProcessingLauncher:
+            self._launcher = _OrderlyExitLauncher(self, start_method=self._start_method)
