@@ -47,9 +47,11 @@ def generation_kwargs(settings: Mapping[str, Any], tokenizer: Any) -> dict[str, 
 
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, prompts: Sequence[str], settings: Mapping[str, Any] | None = None,
-             add_special_tokens: bool = False) -> list[str]:
+             add_special_tokens: bool = False, new_only: bool = False) -> list[str]:
     """The decoded output for each prompt (for decoder-only models: the prompt followed by its continuation,
-    as ``transformers.pipeline("text-generation")`` returns it; for encoder-decoders: the generated text)."""
+    as ``transformers.pipeline("text-generation")`` returns it; for encoder-decoders: the generated text).
+    ``new_only``: decoder-only models return the continuation alone (a chat model's answer, decoded as the
+    text-generation pipeline decodes a chat's new assistant message)."""
     settings = dict(settings or {})
     kwargs = generation_kwargs(settings, tokenizer)
     batch_size = int(settings.get("batch_size", DEFAULTS["batch_size"]))
@@ -76,6 +78,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], settings: Mappi
                     ids = torch.full((len(chunk), 1), start_id)
                     mask = torch.ones_like(ids)
                 out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+                if new_only and decoder_only:
+                    out = out[:, ids.shape[1]:]
                 out_texts.extend(tokenizer.batch_decode(out, skip_special_tokens=True))
     finally:
         tokenizer.padding_side = side
