@@ -79,7 +79,7 @@ BAD = [
      r"bad\.jsonl:2: message 2 \(user\): two user turns in a row"),
     ([{"messages": [u("hi"), a("  ")]}], r"bad\.jsonl:1: empty content of message 2 \(assistant\)"),
     ([{"messages": [u("hi"), a("yo")]}, {"instruction": "x", "output": "y"}],
-     r"bad\.jsonl:2: a alpaca row in a file of chat rows \(first row: .*bad\.jsonl:1\)"),
+     r"bad\.jsonl:2: a row in Alpaca format in a file of chat rows \(first row: .*bad\.jsonl:1\)"),
     ([{"instruction": "", "output": "y"}], r"bad\.jsonl:1: empty instruction"),
     ([{"question": "x", "answer": "y"}], r"bad\.jsonl:1: no chat or instruction fields among question, answer"),
     ([{"messages": [u("hi"), a("yo"), {"role": "system", "content": "late"}, u("x"), a("y")]}],

@@ -239,7 +239,7 @@ def test_group_options_in_the_readme_table_are_the_config_files():
     """Each row of the README's group table names exactly the options configs/<group>/ holds."""
     text = README.read_text()
     for group in ("task", "data", "model", "strategy", "precision", "accelerator", "optimizer", "scheduler",
-                  "callbacks", "logger", "debug", "experiment", "hparams_search"):
+                  "callbacks", "logger", "debug", "experiment", "hparams_search", "distill"):
         row = re.search(rf"^\| `{re.escape(group)}` \| (.*?) \|", text, re.M)
         assert row, f"no README row for {group}"
         named = set(re.findall(r"`([\w\-]+)`", row.group(1)))
@@ -352,3 +352,34 @@ def test_the_question_answering_bad_input_messages_in_the_readme_are_what_lmforg
     check_bad_input_block("Bad input in question-answering files stops the run", QA_BAD_INPUT,
                           ["task=question_answering", "data=local", "model=bert", "model/size=tiny"],
                           make_cfg, tmp_path, monkeypatch)
+
+
+def _chat(*turns):
+    return {"messages": [{"role": r, "content": c} for r, c in turns]}
+
+
+def _jsonl(*rows):
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+_HI = _chat(("user", "hi"), ("assistant", "hello"))
+# the files behind each line of the README's instruction-tuning bad-input block
+CHAT_BAD_INPUT = {
+    "roles.jsonl:2": ({"data/roles.jsonl": _jsonl(_HI, _chat(("robot", "beep"), ("assistant", "hello")))},
+                      ["data.train_file=data/roles.jsonl"]),
+    "noanswer.jsonl:2": ({"data/noanswer.jsonl": _jsonl(_HI, _chat(("user", "hi")))}, ["data.train_file=data/noanswer.jsonl"]),
+    "twice.jsonl:1": ({"data/twice.jsonl": _jsonl(_chat(("user", "hi"), ("user", "are you there?"), ("assistant", "yes")))},
+                      ["data.train_file=data/twice.jsonl"]),
+    "empty.jsonl:1": ({"data/empty.jsonl": _jsonl(_chat(("user", "hi"), ("assistant", " ")))}, ["data.train_file=data/empty.jsonl"]),
+    "mixed.jsonl:2": ({"data/mixed.jsonl": _jsonl(_HI, {"instruction": "Say hi", "input": "", "output": "hi"})},
+                      ["data.train_file=data/mixed.jsonl"]),
+    "unknown.jsonl:1": ({"data/unknown.jsonl": _jsonl({"question": "x", "answer": "y"})}, ["data.train_file=data/unknown.jsonl"]),
+    "system.jsonl:1": ({"data/system.jsonl": _jsonl(_chat(("user", "hi"), ("assistant", "hello"), ("system", "Be brief."),
+                                                          ("user", "ok"), ("assistant", "ok")))},
+                       ["data.train_file=data/system.jsonl"]),
+}
+
+
+def test_the_instruction_tuning_bad_input_messages_in_the_readme_are_what_lmforge_prints(make_cfg, tmp_path, monkeypatch):
+    check_bad_input_block("Bad input in chat and instruction files stops the run", CHAT_BAD_INPUT,
+                          ["task=instruction_tuning", "data=local"], make_cfg, tmp_path, monkeypatch)

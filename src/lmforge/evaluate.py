@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmforge.callbacks.progress import progress_bar
 from lmforge.checkpoints import check_run_config
+from lmforge.distill import student_run_config, student_state_dict
 from lmforge.strategies import load_checkpoint_any
 from lmforge.train import _floats, build_datamodule, build_module, print_predictions
 from lmforge.utils.errors import ConfigError, DataError
@@ -95,11 +96,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt = load_checkpoint_any(ckpt_path, unsafe=bool(cfg.get("unsafe_load", False)))  # a .ckpt file or an FSDP2 folder
     facts = ckpt.get("model_facts") or {}
     run_cfg = load_run_config(run, cfg, facts)
+    run_cfg = student_run_config(run_cfg, run)  # a distilled run evaluates as the plain student task
 
     datamodule = build_datamodule(run_cfg)
     module = build_module(run_cfg, facts=facts)
     module.configure_model()
-    module.load_state_dict(ckpt["state_dict"])
+    module.load_state_dict(student_state_dict(ckpt["state_dict"]))
     del ckpt
 
     metrics: dict[str, Any] = {}

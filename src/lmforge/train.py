@@ -52,8 +52,14 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 def build_module(cfg: DictConfig, facts: dict | None = None) -> L.LightningModule:
     """The task's module; ``facts`` (eval.py: from the checkpoint) fix the model instead of the DataModule's."""
     strategy = cfg.get("strategy") or {}
-    return _instantiate(cfg.task.module, model=cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler,
-                        seed=int(cfg.seed), sharding=strategy.get("sharding"), facts=facts, _recursive_=False)
+    module = _instantiate(cfg.task.module, model=cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler,
+                          seed=int(cfg.seed), sharding=strategy.get("sharding"), facts=facts, _recursive_=False)
+    if cfg.get("distill"):  # distill=logits|hidden|minilm: the task's module becomes the student of a frozen teacher
+        from lmforge.distill import distill
+        from lmforge.models.factory import trust_remote_code
+
+        module = distill(module, cfg.distill, trust_remote_code=trust_remote_code(cfg.model))
+    return module
 
 
 def build_strategy(cfg: DictConfig) -> Any:
@@ -204,6 +210,10 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     t0 = time.time()
     assign_device_for_job(cfg)  # joblib sweeps on GPUs: this job's own device, before CUDA starts
     check_config(cfg)
+    if cfg.get("distill"):  # the distillation settings and the teacher's location, before any data is read
+        from lmforge.distill import check_distill
+
+        check_distill(cfg.distill)
     pin_sweep_job_for_subprocess_launcher(cfg)
     out = prepare_run(cfg)
     ckpt_path = resolve_ckpt_path(cfg)  # a missing checkpoint fails before any data is read

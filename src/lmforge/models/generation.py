@@ -87,14 +87,21 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], settings: Mappi
     return out_texts
 
 
+def call_kwargs(settings: Mapping[str, Any] | None, tokenizer: Any) -> dict[str, Any]:
+    """``generate`` (or pipeline call) keyword arguments for the task's settings over the defaults, without the
+    ones that are unset (``batch_size`` is lmforge's, not a generation setting)."""
+    settings = {**DEFAULTS, **dict(settings or {})}
+    kwargs = generation_kwargs({k: v for k, v in settings.items() if k != "batch_size"}, tokenizer)
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
 @torch.no_grad()
 def generate_ids(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer: Any,
                  settings: Mapping[str, Any] | None = None) -> list[str]:
     """Encoder-decoders: the decoded output for each row of an already tokenized, padded batch, with the
     task's decoding settings (greedy or beam search; the model's own start, end and pad tokens)."""
     settings = dict(settings or {})
-    kwargs = generation_kwargs({k: v for k, v in settings.items() if k != "batch_size"}, tokenizer)
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    kwargs = call_kwargs(settings, tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoModelForCausalLM
 
 from lmforge.metrics import LanguageModelMetrics
-from lmforge.models.generation import DEFAULTS, generate, generation_kwargs
+from lmforge.models.generation import DEFAULTS, call_kwargs, generate
 from lmforge.tasks.base import TaskModule, _plain
 
 
@@ -78,8 +78,7 @@ class CausalLMModule(TaskModule):
     def records_from_pipeline(cls, pipe: Any, inputs: Sequence[Mapping[str, Any] | str],
                               generation: Mapping | None = None, **kwargs: Any) -> list[dict]:
         settings = {**DEFAULTS, **dict(generation or {})}
-        gen = {k: v for k, v in generation_kwargs({k: v for k, v in settings.items() if k != "batch_size"},
-                                                  pipe.tokenizer).items() if v is not None}
+        gen = call_kwargs(settings, pipe.tokenizer)
         prompts = [x if isinstance(x, str) else x["text"] for x in inputs]
         torch.manual_seed(int(settings["seed"]))
         outs = [pipe(p, return_full_text=True, **gen)[0] for p in prompts]

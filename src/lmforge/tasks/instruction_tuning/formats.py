@@ -25,6 +25,8 @@ from lmforge.data.sources import columns_of, where
 from lmforge.utils.errors import ConfigError, DataError
 
 FORMATS = ("chat", "sharegpt", "alpaca", "prompt_completion")
+# each format as a message names it
+LABELS = {"chat": "chat", "sharegpt": "ShareGPT", "alpaca": "Alpaca", "prompt_completion": "prompt/completion"}
 ROLES = ("system", "user", "assistant")
 # ShareGPT's speaker names (and a few spellings seen in hub dialogue sets) -> roles
 SPEAKERS = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "bot": "assistant",
@@ -65,7 +67,8 @@ def file_format(rows: Sequence[Mapping[str, Any]], origin: str, fmt: str = "auto
             if got is None:
                 raise DataError(f"{where(origin, dict(r))}: no {'/'.join(KEYS[first])} fields (the file is in "
                                 f"{first} format); this row has {', '.join(columns_of(dict(r))) or 'no fields'}")
-            raise DataError(f"{where(origin, dict(r))}: a {got} row in a file of {first} rows (first row: "
+            raise DataError(f"{where(origin, dict(r))}: a row in {LABELS[got]} format in a file of {LABELS[first]} rows "
+                            f"(first row: "
                             f"{where(origin, dict(rows[0]))}); a file holds one format: split it into one file "
                             "per format")
     return first

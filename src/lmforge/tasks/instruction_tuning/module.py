@@ -38,7 +38,7 @@ from transformers import AutoModelForCausalLM
 
 from lmforge.metrics import LanguageModelMetrics
 from lmforge.models.factory import build_model, is_pretrained
-from lmforge.models.generation import DEFAULTS, generate, generation_kwargs
+from lmforge.models.generation import DEFAULTS, call_kwargs, generate, generation_kwargs
 from lmforge.tasks.base import TaskModule, _plain
 from lmforge.tasks.instruction_tuning.template import IGNORE, prompt_text
 from lmforge.utils.errors import ConfigError
@@ -236,8 +236,7 @@ class InstructionTuningModule(TaskModule):
                               generation: Mapping | None = None, **kwargs: Any) -> list[dict]:
         """Each input as a list of messages given to ``pipeline("text-generation")``; its new assistant message."""
         settings = {**DEFAULTS, **dict(generation or {})}
-        gen = {k: v for k, v in generation_kwargs({k: v for k, v in settings.items() if k != "batch_size"},
-                                                  pipe.tokenizer).items() if v is not None}
+        gen = call_kwargs(settings, pipe.tokenizer)
         out = []
         for x in inputs:
             if isinstance(x, str) or "messages" not in x:
