@@ -22,6 +22,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -189,7 +190,7 @@ def test_every_readme_command_is_run_or_has_a_reason():
 @pytest.mark.slow
 def test_readme_commands_work_as_written(project):
     env_vars: dict[str, str] = {}
-    ran, skipped = [], []
+    ran, skipped, seconds = [], [], []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("LMFORGE_DATA_DIR", None)  # default paths: ../shared/data beside the copy
     for cmd in readme_commands():
@@ -212,11 +213,16 @@ def test_readme_commands_work_as_written(project):
         full = fill_placeholders(cmd, project, env_vars)
         full = full.replace("python ", f"{shlex.quote(sys.executable)} ", 1)
         full += "".join(" " + shlex.quote(o) for o in shrink(cmd))
+        t0 = time.perf_counter()
         proc = subprocess.run(["bash", "-c", full], cwd=project, capture_output=True, text=True, env=env, timeout=900)
+        seconds.append((time.perf_counter() - t0, cmd))
         assert proc.returncode == 0, (f"README command failed ({proc.returncode}): {cmd}\nran: {full}\n"
                                       f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
         ran.append(cmd)
-    print(f"ran {len(ran)} README commands; not here: " + "; ".join(f"{c} ({w})" for c, w in skipped))
+    print(f"ran {len(ran)} README commands in {sum(t for t, _ in seconds):.0f} s; the slowest:")
+    for t, c in sorted(seconds, reverse=True)[:15]:
+        print(f"  {t:6.1f} s  {c}")
+    print("not here: " + "; ".join(f"{c} ({w})" for c, w in skipped))
     assert len(ran) >= 30, ran
 
 

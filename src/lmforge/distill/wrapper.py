@@ -94,13 +94,17 @@ def __getattr__(name: str) -> Any:  # pickle (ddp_spawn children) looks distille
     raise AttributeError(name)
 
 
+def _quiet_eval_mode_warning() -> None:
+    """The frozen teacher is meant to be in eval mode when training starts: no Lightning warning about it."""
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+
+
 def distill(module: nn.Module, cfg: Mapping, trust_remote_code: bool = False) -> nn.Module:
     """The task module ``module`` (not yet configured) as a distilled student, per ``cfg`` (``cfg.distill``)."""
     if getattr(module, "model", None) is not None:
         raise ConfigError("distill: wrap the task module before its model is built (configure_model)")
     s = settings(cfg)
-    # the frozen teacher is meant to be in eval mode when training starts
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    _quiet_eval_mode_warning()
     module.__class__ = distilled_class(type(module))
     module.distill_settings = s
     module.distill_trust_remote_code = bool(trust_remote_code)
@@ -180,6 +184,7 @@ class DistillMixin:
             return
         teacher.eval()
         teacher.requires_grad_(False)
+        _quiet_eval_mode_warning()  # again in processes that ddp_spawn started (they import no filters)
         s = self.distill_settings
         if s["weights"]["hidden"] and getattr(self, PROJ) is None:
             self._build_projections()
