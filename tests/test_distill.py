@@ -40,12 +40,7 @@ def make_teacher(base: Path, cache: Path, task: str, extra: list[str] = (), seed
     if (folder / "config.json").is_file():
         return folder
     cfg = compose_cfg([f"task={task}", *model_overrides(task), *QUIET, f"seed={seed}", *extra], base / "t_run", cache)
-    dm = build_datamodule(cfg)
-    dm.prepare_data()
-    dm.setup("fit")
-    module = build_module(cfg, facts=dm.model_facts())
-    module.configure_model()
-    module.export(folder, tokenizer=dm.tokenizer)
+    make_teacher_from(cfg, folder)
     return folder
 
 
