@@ -36,8 +36,10 @@ NOT_HERE = [
     (r"accelerator=gpu|strategy=deepspeed", "needs CUDA GPUs (none on this machine)"),
     (r"^torchrun |^srun |hydra/launcher=slurm", "needs a multi-node cluster / SLURM"),
     (r"data=hub", "needs the Hugging Face Hub (no network here)"),
+    (r"s3://|gs://", "needs object storage (no network here)"),
     (r"^pip install .*python -m pytest|^python -m pytest", "the test suite itself (CI runs it)"),
     (r"^python benchmarks/", "a benchmark: minutes of timed runs, reported in benchmarks/README.md"),
+    (r"^bash benchmarks/gpu\.sh", "the GPU benchmark (its --dry-run runs in tests/test_benchmarks.py)"),
 ]
 # appended to every command: a short run (the run's own settings stay, these only shorten it)
 SHRINK = ["trainer.max_steps=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
@@ -182,7 +184,7 @@ def test_every_readme_command_is_run_or_has_a_reason():
     cmds = readme_commands()
     assert len(cmds) > 30
     for c in cmds:
-        runnable = c.startswith(("python train.py", "python eval.py", "WANDB_MODE=offline python train.py")) \
+        runnable = re.match(r"(?:[A-Z_]+=\S+ )*(?:python (?:train|eval)\.py|lmforge-prepare )", c) \
             or "&& python train.py" in c or re.fullmatch(r"[A-Z_]+=\S+", c)
         assert runnable or why_not_here(c), f"README command neither run by this test nor listed: {c}"
 
@@ -211,8 +213,11 @@ def test_readme_commands_work_as_written(project):
             skipped.append((cmd, "../shared/data is not beside this checkout"))
             continue
         full = fill_placeholders(cmd, project, env_vars)
-        full = full.replace("python ", f"{shlex.quote(sys.executable)} ", 1)
-        full += "".join(" " + shlex.quote(o) for o in shrink(cmd))
+        if full.startswith("lmforge-prepare "):  # the console script of the installed package, as the clone's module
+            full = f"{shlex.quote(sys.executable)} -m lmforge.prepare " + full[len("lmforge-prepare "):]
+        else:
+            full = full.replace("python ", f"{shlex.quote(sys.executable)} ", 1)
+            full += "".join(" " + shlex.quote(o) for o in shrink(cmd))
         t0 = time.perf_counter()
         proc = subprocess.run(["bash", "-c", full], cwd=project, capture_output=True, text=True, env=env, timeout=900)
         seconds.append((time.perf_counter() - t0, cmd))

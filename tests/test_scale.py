@@ -133,8 +133,9 @@ def test_sweep_with_ddp_runs_each_job_once_with_all_its_ranks(tmp_path):
                 "trainer.devices=2", "export=false", f"hydra.sweep.dir={sweep}", f"paths.log_dir={logs}",
                 f"paths.cache_dir={tmp_path / 'cache'}"])
     assert sorted(p.name for p in logs.iterdir()) == ["sweep"]  # no other sweep or run directories
-    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert jobs == ["0", "1"]
+    assert (sweep / "sweep_report.md").is_file()  # written once, by the sweep (not by each rank)
     for job in jobs:
         m = json.loads((sweep / job / "metrics.json").read_text())
         assert m["world_size"] == 2.0

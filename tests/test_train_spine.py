@@ -19,9 +19,13 @@ from lmforge.utils.errors import ConfigError
 
 
 def test_an_fsdp2_checkpoint_folder_without_strategy_fsdp_is_a_clear_error(make_cfg, tmp_path):
+    import torch
+    import torch.distributed.checkpoint as dcp
+
     folder = tmp_path / "epoch00.ckpt"
-    folder.mkdir()
-    (folder / "meta.pt").write_bytes(b"")
+    dcp.save({"state_dict": {"w": torch.ones(3)}}, checkpoint_id=str(folder), no_dist=True)
+    torch.save({"global_step": 1, "loops": {}, "callbacks": {}}, folder / "meta.pt")
+    (folder / "COMPLETE").write_text("{}")
     with pytest.raises(ConfigError, match=r"FSDP2 sharded checkpoint folder: resume it with strategy=fsdp"):
         resolve_ckpt_path(make_cfg([f"ckpt_path={folder}"]))
     assert resolve_ckpt_path(make_cfg([f"ckpt_path={folder}", "strategy=fsdp", "accelerator=cpu",
@@ -33,7 +37,9 @@ def _fake_run(log_dir: Path, task: str, name: str, cfg, age: float) -> Path:
     (run / "checkpoints").mkdir(parents=True)
     OmegaConf.save(cfg, run / "config.yaml", resolve=True)
     ckpt = run / "checkpoints" / "last.ckpt"
-    ckpt.write_bytes(b"x")
+    import torch
+
+    torch.save({"state_dict": {}, "loops": {}, "global_step": 1}, ckpt)
     t = time.time() - age
     os.utime(ckpt, (t, t))
     return ckpt

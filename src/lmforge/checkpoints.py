@@ -27,14 +27,27 @@ pickle; :func:`fit_checkpoint_kwargs` checks a checkpoint with the safe readers 
 A run folder's ``config.yaml`` is code too: eval.py instantiates its ``_target_``s with its arguments.
 :func:`check_run_config` accepts only the targets lmforge's config tree names (now or before) and
 ``torch.optim`` classes, and no ``model.trust_remote_code=true``.
+
+Damage and interrupted writes. A checkpoint is written under a temporary name in its own folder
+(``last.ckpt.tmp``), flushed to disk and renamed over the old one (:func:`commit_checkpoint`), so a run
+killed mid-write leaves the previous checkpoint whole. A sharded folder gets a ``COMPLETE`` marker
+written last; a folder without one is unfinished and ``ckpt_path=last`` passes it by with a warning.
+:func:`check_intact` recognizes a file cut short or overwritten (torch's zip format ends with a
+directory of its entries) before anything is unpickled, and :func:`resolve_ckpt_path` checks the
+checkpoint a run resumes from before any data is read: a damaged file is a :class:`CheckpointError`
+naming it; ``ckpt_path=last`` falls back to the newest good checkpoint, with a warning per one passed by.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
+import os
 import pickle
 import re
+import shutil
+import zipfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -306,8 +319,9 @@ def _read_slice(folder: Path, info: Any) -> bytes:
         return f.read(info.length)
 
 
-def verify_checkpoint(path: str | Path) -> None:
-    """Check, without keeping or fully reading it, that a checkpoint loads with the safe readers.
+def verify_checkpoint(path: str | Path) -> dict:
+    """Check, without fully reading it, that a checkpoint is whole (:func:`check_intact`) and loads with the safe
+    readers; returns its top-level dict (a sharded folder's ``meta.pt``), tensors memory-mapped, not read.
 
     A ``.ckpt`` file is loaded memory-mapped with ``weights_only=True`` (tensor data is not read). A sharded
     folder: ``meta.pt`` likewise, ``.metadata`` with the metadata-only unpickler, and every non-tensor value
@@ -315,18 +329,18 @@ def verify_checkpoint(path: str | Path) -> None:
     Raises :class:`UnsafeCheckpointError` (or :class:`CheckpointError`) otherwise.
     """
     path = Path(path).expanduser()
-    files = [path] if path.is_file() else [path / "meta.pt"]
-    if not files[0].is_file():
-        raise FileNotFoundError(f"{path}: neither a checkpoint file nor a sharded checkpoint folder (no meta.pt)")
-    for f in files:
-        try:
-            _torch_load_safe(f, f, map_location="cpu", mmap=True)
-        except CheckpointError as e:
-            if isinstance(e, UnsafeCheckpointError):
-                raise
-            _torch_load_safe(f, f, map_location="cpu")  # not mmap-able (old format): read it whole
+    check_intact(path)
+    f = path if path.is_file() else path / "meta.pt"
+    try:
+        top = _torch_load_safe(f, f, map_location="cpu", mmap=True)
+    except CheckpointError as e:
+        if isinstance(e, UnsafeCheckpointError):
+            raise
+        top = _torch_load_safe(f, f, map_location="cpu")  # not mmap-able (old format): read it whole
+    if not isinstance(top, dict):
+        raise CheckpointError(f"{f}: not a Lightning checkpoint (holds a {type(top).__name__}, not a dict)")
     if path.is_file():
-        return
+        return top
     if not _torch_reads_dcp_tensors_safely():
         raise UnsafeCheckpointError(path, "tensor items, which torch < 2.6 reads with weights_only=False "
                                           "(torch >= 2.6 resumes sharded checkpoints safely)", is_type=False)
@@ -339,8 +353,9 @@ def verify_checkpoint(path: str | Path) -> None:
             continue
         if getattr(info, "transform_descriptors", None):
             _load_sharded(path, keys=byte_keys)  # transformed (e.g. compressed) items: let torch's reader decode
-            return
+            return top
         _torch_load_safe(io.BytesIO(_read_slice(path, info)), f"{path / info.relative_path} (value {index.fqn})")
+    return top
 
 
 def fit_checkpoint_kwargs(ckpt_path: str | Path | None, unsafe: bool = False) -> dict[str, Any]:
@@ -358,6 +373,258 @@ def fit_checkpoint_kwargs(ckpt_path: str | Path | None, unsafe: bool = False) ->
         return {"ckpt_path": str(ckpt_path), "weights_only": False}
     verify_checkpoint(ckpt_path)
     return {"ckpt_path": str(ckpt_path), "weights_only": True}
+
+
+# -- damaged checkpoints ----------------------------------------------------------------------------------
+
+COMPLETE_MARKER = "COMPLETE"  # written last into a sharded checkpoint folder: the folder is whole
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format (a zip archive) since torch 1.6
+_LEGACY_MAGIC = b"\x80\x02"  # torch.save(_use_new_zipfile_serialization=False): a pickle stream
+
+
+def _damaged(f: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"{f}: damaged checkpoint: {what}. It was probably cut short (a disk that filled up, "
+                           "a copy that stopped) or overwritten; resume from another checkpoint of the run "
+                           "(ckpt_path=last picks the newest good one)")
+
+
+def _check_file_intact(f: Path) -> None:
+    """A ``torch.save`` file whose zip directory (written last) is present and whose entries lie inside it."""
+    size = f.stat().st_size
+    if size == 0:
+        raise _damaged(f, "the file is empty (0 bytes)")
+    with open(f, "rb") as fh:
+        head = fh.read(4)
+    if head[:2] == _LEGACY_MAGIC:
+        return  # the pre-1.6 format: no directory to check; the safe loader reads it
+    if head != _ZIP_MAGIC:
+        raise _damaged(f, f"{size:,} bytes that are not a PyTorch checkpoint (it starts with {head!r}, not a zip "
+                          "archive as torch.save writes)")
+    try:
+        with zipfile.ZipFile(f) as z:
+            entries = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise _damaged(f, f"{size:,} bytes without the zip directory a complete file ends with ({e})") from None
+    for e in entries:
+        if e.header_offset + e.compress_size > size:
+            raise _damaged(f, f"its entry {e.filename} ends past the end of the file ({size:,} bytes)")
+
+
+def check_intact(path: str | Path) -> None:
+    """Raise :class:`CheckpointError` naming the file when a checkpoint is cut short or is not a checkpoint;
+    nothing is unpickled. A file: its zip structure. A sharded folder: ``meta.pt`` likewise, ``.metadata``
+    present, and every byte range it lists inside the ``.distcp`` file that holds it."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return _check_file_intact(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint file or sharded checkpoint folder")
+    meta = path / "meta.pt"
+    if not meta.is_file():
+        raise FileNotFoundError(f"{path}: neither a checkpoint file nor a sharded checkpoint folder (no meta.pt)")
+    _check_file_intact(meta)
+    if not (path / ".metadata").is_file():
+        raise _damaged(path, "the sharded folder has no .metadata (torch writes it after every shard)")
+    metadata = read_dcp_metadata(path / ".metadata")
+    sizes: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        rel = str(info.relative_path)
+        if rel not in sizes:
+            shard = path / rel
+            if not shard.is_file():
+                raise _damaged(path, f"{rel}, listed in its .metadata, is missing")
+            sizes[rel] = shard.stat().st_size
+        if info.offset + info.length > sizes[rel]:
+            raise _damaged(path / rel, f"it holds {sizes[rel]:,} bytes, .metadata lists data up to byte "
+                                       f"{info.offset + info.length:,}")
+
+
+def is_complete(path: str | Path) -> bool:
+    """A checkpoint file, or a sharded folder with the ``COMPLETE`` marker that lmforge writes last."""
+    path = Path(path)
+    return path.is_file() or (path / COMPLETE_MARKER).is_file()
+
+
+# -- writing: a new checkpoint replaces the old one only once it is whole -------------------------------------
+
+
+def temporary_path(final: str | Path) -> str:
+    """Where a checkpoint is written before :func:`commit_checkpoint` renames it: beside the final name (a rename
+    within one folder is atomic), with a suffix ``ckpt_path=last`` never picks."""
+    return f"{final}.tmp"
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a folder on Windows cannot be opened: nothing to flush there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_path(path: str | Path) -> None:
+    """A file, link or folder, if it is there."""
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def commit_checkpoint(tmp: str | Path, final: str | Path, info: dict | None = None) -> None:
+    """Put the checkpoint written at ``tmp`` in place at ``final`` (one process: global rank 0).
+
+    A file is flushed to disk and renamed over ``final`` in one step, so ``final`` is always the old or the new
+    checkpoint, whole. A sharded folder gets its files flushed and the ``COMPLETE`` marker (``info`` as JSON)
+    written last; the old folder is moved aside, the new one renamed in and the old one removed.
+    """
+    tmp, final = Path(tmp), Path(final)
+    if tmp.is_dir():
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                _fsync(f)
+        marker = tmp / COMPLETE_MARKER
+        marker.write_text(json.dumps(info or {}, default=str))
+        _fsync(marker)
+        _fsync(tmp)
+    else:
+        _fsync(tmp)
+    old = None
+    if final.is_dir() and not final.is_symlink():  # a folder cannot be renamed over a folder in one step
+        old = Path(f"{final}.old")
+        remove_path(old)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync(final.parent)
+    if old is not None:
+        remove_path(old)
+
+
+# -- ckpt_path: what a run resumes from ---------------------------------------------------------------------
+
+
+def resolve_ckpt_path(cfg: Any) -> str | None:
+    """``ckpt_path`` checked before any data is read: a checkpoint file (or FSDP2 sharded folder), or ``last``:
+    the newest good checkpoint of this task's earlier runs that trained this model on this data
+    (``<paths.log_dir>/<task_name>/runs/*/checkpoints/*.ckpt``, this run excluded).
+
+    A damaged checkpoint named by the user is a :class:`CheckpointError` naming it. ``last`` tries the
+    candidates newest first (``last.ckpt`` before another checkpoint of the same moment) and passes by, with a
+    warning, a damaged file, a sharded folder without its ``COMPLETE`` marker, a weights-only checkpoint and
+    (without ``unsafe_load=true``) one that asks for types lmforge refuses to unpickle.
+    """
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from lmforge.utils.errors import ConfigError
+
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt:
+        return None
+    unsafe = bool(cfg.get("unsafe_load", False))
+    if str(ckpt) != "last":
+        p = Path(ckpt).expanduser()
+        if p.is_dir() and (p / "meta.pt").is_file():
+            name = str((cfg.get("strategy") or {}).get("name", "auto"))
+            if name != "fsdp":
+                raise ConfigError(f"ckpt_path={ckpt} is an FSDP2 sharded checkpoint folder: resume it with "
+                                  f"strategy=fsdp (this run has strategy={name}); eval.py reads it in one process")
+            if not is_complete(p) and rank_zero_only.rank == 0:
+                log.warning("ckpt_path=%s: the folder has no %s marker (written by an older lmforge, or its run "
+                            "stopped while writing it); checking its files", ckpt, COMPLETE_MARKER)
+        elif not p.is_file():
+            raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint file (or sharded checkpoint folder)")
+        _check_resumable(p, unsafe, training=bool(cfg.get("train", True)))
+        return str(p)
+
+    runs = Path(cfg.paths.log_dir) / str(cfg.task_name) / "runs"
+    here = Path(cfg.paths.output_dir).resolve()
+    found = [d for d in runs.glob("*") if d.is_dir() and d.resolve() != here and _checkpoints_of(d)]
+    if not found:
+        raise FileNotFoundError(f"ckpt_path=last: no earlier run of {cfg.task_name} has a checkpoint under {runs} "
+                                "(<run>/checkpoints/*.ckpt)")
+    # runs that trained this model on this data: a run of another corpus or size cannot continue here
+    same = [d for d in found if same_model_and_data(cfg, d / "config.yaml")]
+    if not same:
+        newest = max(found, key=lambda d: max(_mtime(c) for c in _checkpoints_of(d)))
+        raise ConfigError(f"ckpt_path=last: no earlier run of {cfg.task_name} under {runs} has this run's model and "
+                          f"data config (the newest, {newest.name}, differs); pass ckpt_path=<file>")
+    candidates = sorted((c for d in same for c in _checkpoints_of(d)),
+                        key=lambda c: (_mtime(c), c.name == "last.ckpt"), reverse=True)
+    sharded_ok = str((cfg.get("strategy") or {}).get("name", "auto")) == "fsdp"
+    passed: list[str] = []
+    for c in candidates:
+        why = _why_not_resumable(c, unsafe, sharded_ok)
+        if why is None:
+            if rank_zero_only.rank == 0:
+                log.info("ckpt_path=last: resuming from %s", c)
+                print(f"resuming from {c}")
+            return str(c)
+        passed.append(f"{c}: {why}")
+        if rank_zero_only.rank == 0:
+            log.warning("ckpt_path=last: passing by %s: %s; falling back to an older checkpoint", c, why)
+    raise CheckpointError(f"ckpt_path=last: none of the {len(candidates)} checkpoints of earlier {cfg.task_name} runs "
+                          f"with this model and data can resume training:\n  " + "\n  ".join(passed))
+
+
+def same_model_and_data(cfg: Any, saved: Path) -> bool:
+    """Whether the run config saved at ``saved`` has ``cfg``'s model and data sections."""
+    from omegaconf import OmegaConf
+
+    try:
+        old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+    except Exception:
+        return False
+    now = OmegaConf.to_container(cfg, resolve=True)
+    return all(old.get(k) == now.get(k) for k in ("model", "data"))
+
+
+def _checkpoints_of(run: Path) -> list[Path]:
+    """A run's checkpoints by the names the checkpoint callback gives them (``*.ckpt``: files, or sharded
+    folders); never the temporary names of a write in progress."""
+    folder = run / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.glob("*.ckpt") if p.is_file() or (p / "meta.pt").is_file()]
+
+
+def _mtime(path: Path) -> float:
+    """When a checkpoint was finished: a file's mtime, a folder's marker (or meta.pt)."""
+    for f in (path / COMPLETE_MARKER, path / "meta.pt") if path.is_dir() else (path,):
+        if f.is_file():
+            return f.stat().st_mtime
+    return path.stat().st_mtime
+
+
+def _why_not_resumable(path: Path, unsafe: bool, sharded_ok: bool = True) -> str | None:
+    if path.is_dir() and not is_complete(path):
+        return (f"a sharded checkpoint folder without its {COMPLETE_MARKER} marker (its run stopped while writing "
+                "it, or an older lmforge wrote it)")
+    if path.is_dir() and not sharded_ok:
+        return "an FSDP2 sharded checkpoint folder, which only strategy=fsdp resumes"
+    try:
+        _check_resumable(path, unsafe)
+    except UnsafeCheckpointError as e:
+        return f"refused: {str(e).split(': refused to load: ', 1)[-1]}"
+    except (CheckpointError, FileNotFoundError) as e:
+        return str(e).removeprefix(f"{path}: ")
+    return None
+
+
+def _check_resumable(path: Path, unsafe: bool, training: bool = True) -> None:
+    """Whole, safe to load (unless ``unsafe``) and, when the run trains, holding training state (not
+    ``save_weights_only``)."""
+    if unsafe:
+        check_intact(path)  # its pickles are the user's to trust: only whether it is whole is checked
+        return
+    top = verify_checkpoint(path)
+    if training and "loops" not in top:
+        raise CheckpointError(f"{path}: a weights-only checkpoint (callbacks.model_checkpoint.save_weights_only=true):"
+                              " it holds no optimizer and loop state to resume training from")
 
 
 # -- a run folder's config.yaml (eval.py rebuilds the run from it) --------------------------------------

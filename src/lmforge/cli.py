@@ -9,7 +9,10 @@ and other group options join ours without editing them.
 User errors read as errors: lmforge's own data and config errors (:class:`~lmforge.utils.errors.LMForgeError`,
 and a ``FileNotFoundError`` lmforge raises for a missing data file or checkpoint) end the command with
 ``error: <message>`` on stderr and exit status 2, without a traceback; ``HYDRA_FULL_ERROR=1`` shows the
-traceback too. Anything else is a crash and keeps its traceback. Under ``-m`` a failed job is handed to
+traceback too. A full disk (``ENOSPC``) is said the same way, naming the file. An error every rank of a
+distributed run raises together (a non-finite loss) is said once, by rank 0; a rank that stops because
+another one died (gloo's ``Connection closed by peer``) says so in one line and exits 1, the failing rank's
+own traceback being above. Anything else is a crash and keeps its traceback. Under ``-m`` a failed job is handed to
 the sweeper as usual (the Optuna sweeper records the trial as failed and goes on; the basic sweeper
 stops and the command ends as above).
 """
@@ -73,11 +76,54 @@ def user_error_message(exc: BaseException) -> str | None:
         return exc.message
     if isinstance(exc, LMForgeError):
         return str(exc)
+    disk_full = _disk_full_message(exc)
+    if disk_full:
+        return disk_full
     if isinstance(exc, FileNotFoundError) and exc.__traceback__ is not None:
         frames = traceback.extract_tb(exc.__traceback__)
         if frames and _is_lmforge_frame(frames[-1].filename):
             return str(exc)
     return None
+
+
+def _disk_full_message(exc: BaseException) -> str | None:
+    """A full disk anywhere else (a log, a cache, predictions): said plainly, naming the file when known."""
+    import errno
+
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" while writing {e.filename}" if e.filename else ""
+            return f"disk full{where}: {e.strerror or os.strerror(e.errno)}"
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _said_by_rank_zero(exc: BaseException | None) -> bool:
+    """An error every rank raises at the same step (a non-finite loss): rank 0 says it, the others exit quietly."""
+    return exc is not None and bool(getattr(_unwrap(exc), "all_ranks", False)) and _rank() != 0
+
+
+def _let_rank_zero_speak(timeout: float = 10.0) -> None:
+    """A rank > 0 that leaves quietly waits (at most ``timeout`` s) for its parent, Lightning's rank 0, to end
+    first: Lightning kills the main process as soon as it sees a child exit non-zero, and rank 0 would not get
+    to say the error."""
+    import time
+
+    parent, end = os.getppid(), time.monotonic() + timeout
+    while time.monotonic() < end and os.getppid() == parent:
+        time.sleep(0.1)
+
+
+# what gloo / NCCL raise in a rank whose peer died: the peer's own error says why
+_PEER_FAILURE = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing",
+                 "NCCL communicator was aborted")
+
+
+def peer_failure(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError) and any(p in str(exc) for p in _PEER_FAILURE)
 
 
 def _compact_base() -> type:
@@ -122,7 +168,10 @@ def _write_to_log_files(line: str) -> None:
                 pass
 
 
-def report_user_error(message: str) -> None:
+def report_user_error(message: str, exc: BaseException | None = None) -> None:
+    if _said_by_rank_zero(exc):
+        _let_rank_zero_speak()
+        return
     rank = _rank()
     prefix = "error: " if rank == 0 else f"error: [rank {rank}] "
     _write_to_log_files(prefix + message)
@@ -154,10 +203,17 @@ def reported_errors() -> Iterator[None]:
         yield
     except Exception as e:
         message = user_error_message(e)
+        if message is None and peer_failure(e) and not _full_error() and not _multirun():
+            # another rank failed first and said why; this one says it stopped, without a second traceback
+            import re
+
+            detail = re.sub(r"^\[[^\]]*\]\s*", "", str(e).splitlines()[0])[:200]  # gloo's source location
+            report_user_error(f"stopped: another process of this distributed run failed (its error is above); {detail}")
+            raise SystemExit(1) from None
         if message is None or _full_error():
             raise
         if not _multirun():
-            report_user_error(message)
+            report_user_error(message, e)
             raise SystemExit(EXIT_USER_ERROR) from None
         _write_to_log_files(f"error: {message}")
         raise UserError(message, type(_unwrap(e)).__name__) from None
@@ -181,7 +237,7 @@ def run(main: Callable[[], Any]) -> None:
         if message is None:
             raise
         traceback.print_exc()
-        report_user_error(message)
+        report_user_error(message, e)
         raise SystemExit(EXIT_USER_ERROR) from None
 
 

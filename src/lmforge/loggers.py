@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -111,6 +112,100 @@ def _previous_wandb_id(ckpt_path: str | None) -> str | None:
     return None
 
 
+# -- W&B without a login or a network: offline, said once, never a hang ------------------------------
+
+WANDB_PROBE_TIMEOUT = 3.0  # seconds to reach the W&B host before logging offline instead
+WANDB_INIT_TIMEOUT = 60.0  # seconds wandb.init may take online before the run falls back to offline
+
+
+def _wandb_base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+
+
+def _has_wandb_key(base_url: str) -> bool:
+    """An API key for ``base_url`` in the environment or ``~/.netrc`` (``wandb login`` writes it there)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(base_url).hostname or ""
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        auth = netrc.netrc(path).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(auth and auth[2])
+
+
+def _reachable(base_url: str, timeout: float = WANDB_PROBE_TIMEOUT) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(base_url)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        with socket.create_connection((u.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wandb_offline_reason(lg: DictConfig) -> str | None:
+    """Why a W&B logger meant to go online cannot (no API key, host unreachable), or None."""
+    if lg.get("offline") or os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
+        return None  # offline (or off) on purpose: nothing to say
+    base = _wandb_base_url()
+    if not _has_wandb_key(base):
+        return "not logged in (no WANDB_API_KEY, no `wandb login`)"
+    if not _reachable(base):
+        return f"{base} is unreachable"
+    return None
+
+
+def _wandb_logger(lg: DictConfig) -> Any:
+    reason = wandb_offline_reason(lg)
+    extra: dict[str, Any] = {}
+    if reason:
+        lg = lg.copy()
+        with open_dict(lg):
+            lg.offline = True
+    elif not lg.get("offline") and "settings" not in lg:
+        import wandb
+
+        extra["settings"] = wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT)  # a slow host: offline after 60 s
+    logger = hydra.utils.instantiate(lg, **extra, _convert_="object")
+    logger._lmforge_offline_reason = reason
+    return logger
+
+
+def _start_wandb(lg: Any) -> Any:
+    """The W&B run; an online start that fails (timeout, refused key) starts again offline, with a warning."""
+    try:
+        return lg.experiment
+    except Exception as e:  # noqa: BLE001  (whatever wandb raises: the run goes on offline)
+        if getattr(lg, "_offline", False) or os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun"):
+            raise
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=1)
+        lg._offline = True  # Lightning's WandbLogger then sets WANDB_MODE=dryrun (train.end_job restores it)
+        lg._wandb_init.pop("settings", None)
+        lg._experiment = None
+        lg._lmforge_offline_reason = f"could not start online ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        return lg.experiment
+
+
+def _say_offline(lg: Any, run: Any) -> None:
+    reason = getattr(lg, "_lmforge_offline_reason", None)
+    if not reason:
+        return
+    folder = Path(run.dir).parent if getattr(run, "dir", None) else Path(lg.save_dir or ".") / "wandb"
+    message = f"W&B: {reason}; logging offline to {folder}; sync later with `wandb sync {folder}`"
+    log.warning(message)
+
+
 def build_loggers(cfg: DictConfig, out: Path | None = None, resume_from: str | None = None) -> list:
     out = Path(out or cfg.paths.output_dir)
     loggers = []
@@ -118,7 +213,8 @@ def build_loggers(cfg: DictConfig, out: Path | None = None, resume_from: str | N
         if lg is None or "_target_" not in lg:
             continue
         if "WandbLogger" in str(lg._target_):
-            lg = wandb_settings(cfg, lg, out, resume_from)
+            loggers.append(_wandb_logger(wandb_settings(cfg, lg, out, resume_from)))
+            continue
         loggers.append(hydra.utils.instantiate(lg, _convert_="object"))
     return loggers
 
@@ -128,6 +224,8 @@ def start_loggers(loggers: Sequence, cfg: DictConfig, out: Path) -> None:
     """Every logger gets the whole resolved config; W&B's run id is kept beside the run."""
     flat = OmegaConf.to_container(redact_config(cfg), resolve=True)  # secrets stay out of every logger
     for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            _say_offline(lg, _start_wandb(lg))
         lg.log_hyperparams(flat)
         if type(lg).__name__ == "WandbLogger":
             (out / WANDB_ID_FILE).write_text(lg.experiment.id)

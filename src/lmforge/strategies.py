@@ -103,6 +103,43 @@ class _OrderlyExitLauncher(_MultiProcessingLauncher):
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
+    def launch(self, function: Any, *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
+        try:
+            return super().launch(function, *args, trainer=trainer, **kwargs)
+        except torch.multiprocessing.ProcessRaisedException as e:
+            error = worker_user_error(str(e))
+            if error is None:
+                raise
+            raise error from None
+
+
+def worker_user_error(text: str) -> Exception | None:
+    """An lmforge error (a config or data mistake, a non-finite loss) raised in a spawned worker, rebuilt from the
+    traceback text torch.multiprocessing hands back, so the command ends with its ``error:`` line, not two
+    tracebacks."""
+    import importlib
+
+    from lmforge.utils.errors import LMForgeError
+
+    lines = text.strip().splitlines()
+    start = next((i for i in range(len(lines) - 1, -1, -1) if lines[i].startswith("lmforge.")), None)
+    if start is None:
+        return None
+    name, sep, message = "\n".join(lines[start:]).partition(": ")
+    module, _, cls = name.rpartition(".")
+    if not sep or not module.startswith("lmforge"):
+        return None
+    try:
+        kind = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError):
+        return None
+    if not (isinstance(kind, type) and issubclass(kind, LMForgeError)):
+        return None
+    try:
+        return kind(message)
+    except TypeError:  # pragma: no cover - an error class with other arguments
+        return LMForgeError(message)
+
 
 class SpawnDDPStrategy(DDPStrategy):
     """``strategy=ddp_spawn``: Lightning's DDP with processes started by ``torch.multiprocessing``, whose workers

@@ -210,6 +210,8 @@ class OptunaSweeper(Sweeper):
         self.hydra_context: Optional[HydraContext] = None
         self.config: Optional[DictConfig] = None
         self.launcher: Optional[Launcher] = None
+        # picture name -> written file, or why it was not drawn (write_pictures)
+        self.pictures: Dict[str, str] = {}
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -324,12 +326,14 @@ class OptunaSweeper(Sweeper):
             for t in asked:
                 if study._storage.get_trial(t._trial_id).state == TrialState.RUNNING:
                     self._fail(study, t, f"sweep interrupted: {type(e).__name__}: {e}", interrupted=True)
+            self.write_pictures(study)
             self.write_results(study)
             raise
         finally:
             study._thread_local.in_optimize_loop = False
         if study._stop_flag:
             log.info("the sampler stopped the study (its search space is exhausted)")
+        self.write_pictures(study)
         self.write_results(study, show=True)
         return returns
 
@@ -409,6 +413,8 @@ class OptunaSweeper(Sweeper):
             out.update(best_trial=best.number, best_value=best.value, best_params=dict(best.params),
                        best_overrides=retrain_overrides(best.user_attrs.get("overrides", [])),
                        best_output_dir=best.user_attrs.get("output_dir"))
+        if self.pictures:
+            out["pictures"] = dict(self.pictures)
         out["trials"] = [
             {"number": t.number, "state": t.state.name, "value": t.value if t.state == TrialState.COMPLETE else None,
              "params": dict(t.params),
@@ -417,6 +423,15 @@ class OptunaSweeper(Sweeper):
             for t in trials
         ]
         return out
+
+    def write_pictures(self, study: Any) -> Dict[str, str]:
+        """``<sweep dir>/plots/optuna_history.png`` and ``optuna_importances.png`` with optuna's own matplotlib
+        functions (the whole study, earlier sweeps of it included). Importances need two completed trials
+        and a parameter that varied: otherwise the reason is noted (``pictures`` in the results file), and
+        a picture that fails to draw is a warning, never a failed sweep."""
+        assert self.config is not None
+        self.pictures = write_optuna_pictures(study, Path(str(self.config.hydra.sweep.dir)) / "plots")
+        return self.pictures
 
     def write_results(self, study: Any, show: bool = False) -> Dict[str, Any]:
         assert self.config is not None
@@ -440,3 +455,50 @@ class OptunaSweeper(Sweeper):
             print("\n".join(lines), flush=True)
         return res
 
+
+
+def write_optuna_pictures(study: Any, folder: Path) -> Dict[str, str]:
+    """Optimisation history and parameter importances of ``study`` as PNGs in ``folder`` (see
+    :meth:`OptunaSweeper.write_pictures`); returns ``{name: file or reason}``."""
+    import sys
+    import warnings
+
+    from optuna.trial import TrialState
+
+    out: Dict[str, str] = {}
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if not complete:
+        return {"optuna_history": "no completed trial yet", "optuna_importances": "no completed trial yet"}
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")  # optuna draws through pyplot: no display needed
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    varied = sorted({k for t in complete for k in t.params
+                     if len({repr(u.params.get(k)) for u in complete}) > 1})
+    jobs = {"optuna_history": lambda: ovm.plot_optimization_history(study)}
+    if len(complete) < 2:
+        out["optuna_importances"] = f"needs 2 or more completed trials (the study has {len(complete)})"
+    elif not varied:
+        out["optuna_importances"] = "no parameter took more than one value in the completed trials"
+    else:
+        jobs["optuna_importances"] = lambda: ovm.plot_param_importances(study, params=varied)
+    for name, draw in jobs.items():
+        try:
+            # optuna switches pyplot's style (ggplot): the context puts matplotlib's settings back afterwards
+            with warnings.catch_warnings(), matplotlib.rc_context():
+                warnings.simplefilter("ignore")  # optuna's ExperimentalWarning for its matplotlib functions
+                ax = draw()
+                fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+                fig.set_size_inches(7, 4.2)
+                path = folder / f"{name}.png"
+                fig.savefig(path, dpi=100, bbox_inches="tight")
+                plt.close(fig)
+            out[name] = str(path)
+        except Exception as e:  # noqa: BLE001
+            log.warning("optuna picture %s not drawn: %s: %s", name, type(e).__name__, e)
+            out[name] = f"not drawn: {type(e).__name__}: {e}"
+    return out

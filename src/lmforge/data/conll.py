@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from lmforge.data.sources import FILE, LINE, check_exists
+from lmforge.data.sources import FILE, LINE, MAX_LINE_BYTES, check_exists, text_lines
 from lmforge.utils.errors import DataError
 
 SCHEMES = ("iob1", "iob2", "iobes", "bilou")
@@ -38,7 +38,8 @@ _COLUMNS = re.compile(r"[ \t]+")  # columns are split on spaces and tabs only: a
 
 
 # -- reading ---------------------------------------------------------------------------------------
-def read_conll(path: str | Path, key: str = "file", tag_column: int = -1) -> list[dict]:
+def read_conll(path: str | Path, key: str = "file", tag_column: int = -1,
+               max_line_bytes: int | None = MAX_LINE_BYTES) -> list[dict]:
     """Sentences of a CoNLL column file: ``{"tokens": [...], "tags": [...] or None, "__line__": first line,
     "__lines__": [line of each token]}``. ``tags`` is None for a file of tokens only (one column)."""
     p = check_exists(path, key)
@@ -53,26 +54,26 @@ def read_conll(path: str | Path, key: str = "file", tag_column: int = -1) -> lis
             sentences.append({"tokens": tokens[:], "tags": tags[:], LINE: lines[0], LINES: lines[:]})
             tokens.clear(), tags.clear(), lines.clear()
 
-    with open(p, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}: "
-                                f"{e.reason}); re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
-            text = text.rstrip("\r\n")
-            columns = [c for c in _COLUMNS.split(text.strip(" \t\r")) if c]
-            if not columns:
-                end_sentence()
-                continue
-            if columns[0] == DOCSTART:
-                end_sentence()
-                continue
-            widths.add(len(columns))
-            tokens.append(columns[0])
-            tags.append(_pick(columns, tag_column, path, lineno, text))
-            lines.append(lineno)
+    seen = 0
+    for lineno, text in text_lines(p, max_line_bytes):  # CRLF, a byte-order mark; bad bytes, long lines: errors
+        seen = lineno
+        text = text.rstrip("\r\n")
+        columns = [c for c in _COLUMNS.split(text.strip(" \t\r")) if c]
+        if not columns:
+            end_sentence()
+            continue
+        if columns[0] == DOCSTART:
+            end_sentence()
+            continue
+        widths.add(len(columns))
+        tokens.append(columns[0])
+        tags.append(_pick(columns, tag_column, path, lineno, text))
+        lines.append(lineno)
     end_sentence()
+    if not sentences:
+        raise DataError(f"{path}: " + ("the file is empty" if not seen else
+                                       f"no sentences in its {seen} lines (only blank lines and {DOCSTART})")
+                        + "; expected a token and its tag per line, a blank line between sentences")
     if widths == {1}:
         for s in sentences:  # tokens only: an unlabelled file
             s["tags"] = None
@@ -115,11 +116,12 @@ def _pick(columns: list[str], tag_column: int, path: str | Path, lineno: int, te
     return columns[tag_column]
 
 
-def read_conll_files(paths: Sequence[Path], key: str, tag_column: int = -1) -> list[dict]:
+def read_conll_files(paths: Sequence[Path], key: str, tag_column: int = -1,
+                     max_line_bytes: int | None = MAX_LINE_BYTES) -> list[dict]:
     """Sentences of one or more column files; with several, each sentence also names its file."""
     if len(paths) == 1:
-        return read_conll(paths[0], key, tag_column)
-    return [{**s, FILE: str(p)} for p in paths for s in read_conll(p, key, tag_column)]
+        return read_conll(paths[0], key, tag_column, max_line_bytes)
+    return [{**s, FILE: str(p)} for p in paths for s in read_conll(p, key, tag_column, max_line_bytes)]
 
 
 # -- tags ------------------------------------------------------------------------------------------

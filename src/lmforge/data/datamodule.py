@@ -52,10 +52,11 @@ from torch.utils.data import DataLoader, Dataset
 from lmforge.data.cache import TokenCache, cache_key, file_fingerprint, tokenizer_fingerprint
 from lmforge.data.collate import PadCollator
 from lmforge.data.samplers import ResumableLoader, ResumableSampler
-from lmforge.data.sources import (TABLE_FORMATS, SplitRows, check_exists, columns_of, load_hub, read_lines,
-                                  read_table, read_tables, resolve_files, where)
+from lmforge.data.sources import (MAX_LINE_BYTES, TABLE_FORMATS, SplitRows, check_exists, columns_of, load_hub,
+                                  read_lines, read_table, read_tables, resolve_files, where)
 from lmforge.data.splits import EVAL_FILE, SPLITS, carve, carve_mask, map_hub_splits, ordered, subsample
 from lmforge.data.tokenizer_training import train_into, training_settings
+from lmforge.utils import progress
 from lmforge.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class LMForgeDataModule(L.LightningDataModule):
     file_suffixes: tuple[str, ...] = tuple(TABLE_FORMATS)  # what read_file reads (embedded samples)
     tokenizer_kind: str | None = None  # what data.tokenizer_training trains (None: the task never trains one)
     drop_last = False  # training batches: keep the last short batch of an epoch
+    progress_unit = "rows"  # what the "tokenizing <split>" progress stage counts (task: sentences, questions, ...)
 
     def __init__(self, *, tokenizer: str | None = None, files: Mapping[str, Any] | None = None, source: str = "sample",
                  sample: str | None = None, hub_name: str | None = None, hub_config: str | None = None,
@@ -108,8 +110,9 @@ class LMForgeDataModule(L.LightningDataModule):
                  eval_batch_size: int | None = None, num_workers: int = 0, shuffle: bool = True,
                  group_by_length: bool = False, streaming: bool = False, tokenizer_training: Mapping | None = None,
                  model: Mapping | None = None, cache_dir: str = ".cache/lmforge", seed: int = 42,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, max_line_bytes: int | None = MAX_LINE_BYTES):
         super().__init__()
+        self.max_line_bytes = max_line_bytes  # the longest line a table/CoNLL/parallel file may hold (None: any)
         self.trust_remote_code = bool(trust_remote_code)  # model.trust_remote_code: the tokenizer's code too
         source = "local" if source == "text" else source  # data=text: the language-model tasks' name for local files
         if source not in SOURCES:
@@ -152,7 +155,7 @@ class LMForgeDataModule(L.LightningDataModule):
     # -- task hooks --------------------------------------------------------------------------
     def read_file(self, paths: list[Path], key: str) -> list:
         """(task) The rows of a split read from ``paths`` (``key`` names the setting in errors)."""
-        return read_tables(paths, key)
+        return read_tables(paths, key, max_line_bytes=self.max_line_bytes)
 
     def rows_from_hub(self, rows: list[dict], origin: str) -> list:
         """(task) A hub split's rows as this task's rows."""
@@ -166,6 +169,10 @@ class LMForgeDataModule(L.LightningDataModule):
     def encode_split(self, split: str, data: SplitRows, meta: dict) -> dict[str, Any]:
         """(task) Tokenize a split: ``{name: np.ndarray or list of 1-D arrays}``, one entry per example."""
         raise NotImplementedError
+
+    def split_size(self, arrays: Mapping[str, Any]) -> int:
+        """(task) How many examples a split's encoded arrays hold (default: the length of the first)."""
+        return len(next(iter(arrays.values())))
 
     def make_dataset(self, split: str, arrays: Mapping[str, Any]) -> Dataset:
         """(task) The Dataset over a split's cached arrays."""
@@ -291,7 +298,9 @@ class LMForgeDataModule(L.LightningDataModule):
         paths = self.files["train"]
         mask = self._held_out_mask()
         origin = ", ".join(map(str, paths))
-        return SplitRows([x for x, m in zip(self.stream_items(paths), mask) if m], origin)
+        rows = progress.track(self.stream_items(paths), f"carving validation {self.progress_unit} out of "
+                              f"{progress.short_origin(origin)}", total=len(mask), unit=self.progress_unit)
+        return SplitRows([x for x, m in zip(rows, mask) if m], origin)
 
     def _held_out_mask(self) -> np.ndarray:
         """Streaming: which rows of the training files (in corpus order) are the carved validation split."""
@@ -299,7 +308,9 @@ class LMForgeDataModule(L.LightningDataModule):
             return np.zeros(0, dtype=bool)
         if self._stream_counts is None:
             counts = (self.meta or {}).get("stream_counts")
-            self._stream_counts = counts or [sum(1 for _ in self.stream_items([p])) for p in self.files["train"]]
+            self._stream_counts = counts or [
+                sum(1 for _ in progress.track(self.stream_items([p]), f"counting {self.progress_unit} in {p.name}",
+                                              unit=self.progress_unit)) for p in self.files["train"]]
         try:
             return carve_mask(sum(self._stream_counts), self.validation_fraction, self.split_seed)
         except ValueError as e:
@@ -413,9 +424,14 @@ class LMForgeDataModule(L.LightningDataModule):
         labelled = meta.setdefault("labelled", list(raw))
         sizes, origin = {}, {}
         for split in ordered(raw):
-            arrays = self.encode_split(split, raw[split], meta)
-            self.cache.save(split, arrays)
-            sizes[split], origin[split] = len(next(iter(arrays.values()))), raw[split].origin
+            # a bar in a terminal, else one line; the task's encoding loop advances it (progress.advance)
+            with progress.stage(f"tokenizing {split} split ({progress.short_origin(raw[split].origin)})",
+                                total=len(raw[split].rows), unit=self.progress_unit) as shown:
+                arrays = self.encode_split(split, raw[split], meta)
+                if shown.count == 0:  # an encoder that does not report as it goes: done at once
+                    shown.advance(len(raw[split].rows))
+                self.cache.save(split, arrays)
+            sizes[split], origin[split] = self.split_size(arrays), raw[split].origin
         self.cache.save_meta({**meta, "sizes": sizes, "origin": origin,
                               "labelled": [s for s in ordered(raw) if s in labelled]})
 

@@ -22,7 +22,7 @@ import glob
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,77 @@ RECORD = "__record__"
 FILE = "__file__"  # only where one split is read from several files
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+#: the longest line a table, CoNLL or parallel-text file may hold (data.max_line_bytes); a longer one is
+#: refused before it is read whole, so a stray huge line (a binary file, a whole document on one line) costs no
+#: memory. Text corpora for pretraining have no such limit: their long lines are text.
+MAX_LINE_BYTES = 1_000_000
+_BOM = b"\xef\xbb\xbf"
+_CHUNK = 1 << 20
+ICONV_HINT = "re-encode it as UTF-8, e.g. iconv -f cp1252 -t utf-8 {name} > {stem}.utf8{suffix}"
+
+
+def not_utf8(path: str | Path, line: int, offset: int, bad: int, reason: str) -> DataError:
+    """The error of a byte that is not UTF-8: ``file:line``, the byte, its offset in the file, what to do."""
+    p = Path(path)
+    hint = ICONV_HINT.format(name=p.name, stem=p.stem, suffix=p.suffix)
+    return DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{bad:02x} at byte offset {offset}: {reason}); "
+                     f"the file is in another encoding (Windows-1252, Latin-1?): {hint}")
+
+
+def locate_utf8_error(path: str | Path, data: bytes, e: UnicodeDecodeError, base: int = 0,
+                      line_base: int = 1) -> DataError:
+    """:func:`not_utf8` for a decode error ``e`` in ``data`` (the bytes at file offset ``base``, which start on
+    line ``line_base``): the line is found by counting the newlines before the bad byte."""
+    return not_utf8(path, line_base + data.count(b"\n", 0, e.start), base + e.start, data[e.start], e.reason)
+
+
+def line_too_long(path: str | Path, line: int, size: int, limit: int, key: str = "data.max_line_bytes") -> DataError:
+    return DataError(f"{path}:{line}: a line of {size:,} bytes, longer than {key}={limit:,}; a line this long is "
+                     "usually not one record (a binary file, or a whole document on one line): check the file, or "
+                     f"raise the limit with {key}=<bytes>")
+
+
+def read_text(path: str | Path) -> str:
+    """A whole UTF-8 file as text (a byte-order mark dropped); a bad byte is an error at its ``file:line``."""
+    data = Path(path).read_bytes()
+    skip = len(_BOM) if data.startswith(_BOM) else 0
+    try:
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise locate_utf8_error(path, data[skip:], e, skip) from None
+
+
+def text_lines(path: str | Path, max_line_bytes: int | None = MAX_LINE_BYTES,
+               key: str = "data.max_line_bytes") -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 file, each line with its ending (``\n`` or ``\r\n``) as in the file,
+    a byte-order mark dropped. A bad byte is an error naming its line and byte offset; a line longer than
+    ``max_line_bytes`` is refused before it is read whole (its size is counted, not kept)."""
+    limit = max_line_bytes if max_line_bytes and max_line_bytes > 0 else -1
+    with open(path, "rb") as f:
+        offset = 0
+        lineno = 0
+        while True:
+            raw = f.readline(limit + 1 if limit > 0 else -1)
+            if not raw:
+                return
+            lineno += 1
+            if limit > 0 and len(raw) > limit and not raw.endswith(b"\n"):
+                size = len(raw)
+                while True:  # count the rest of the line without keeping it
+                    chunk = f.readline(_CHUNK)
+                    size += len(chunk)
+                    if not chunk or chunk.endswith(b"\n"):
+                        break
+                raise line_too_long(path, lineno, size - (1 if chunk.endswith(b"\n") else 0), limit, key)
+            start = offset
+            offset += len(raw)
+            if start == 0 and raw.startswith(_BOM):
+                raw, start = raw[len(_BOM):], len(_BOM)
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise not_utf8(path, lineno, start + e.start, raw[e.start], e.reason) from None
 
 
 @dataclass
@@ -89,78 +160,86 @@ def resolve_files(spec: str | Path | Sequence[str | Path], key: str) -> list[Pat
         raise MissingFileError(f"{key}={spec}: {e}") from None
 
 
-def read_lines(path: str | Path, key: str = "file") -> list[tuple[int, str]]:
+def read_lines(path: str | Path, key: str = "file",
+               max_line_bytes: int | None = MAX_LINE_BYTES) -> list[tuple[int, str]]:
     """``(line number, text)`` for every non-blank line of a UTF-8 text file (one input per line)."""
     p = check_exists(path, key)
     out = []
-    with open(p, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason}); re-encode the file as UTF-8") from None
-            if text.strip():
-                out.append((lineno, text))
+    for lineno, line in text_lines(p, max_line_bytes):
+        text = line.rstrip("\r\n")
+        if text.strip():
+            out.append((lineno, text))
     return out
 
 
-def _read_delimited(path: Path, delimiter: str, quoting: int) -> list[dict]:
+def _read_delimited(path: Path, delimiter: str, quoting: int,
+                    max_line_bytes: int | None = MAX_LINE_BYTES) -> list[dict]:
     rows: list[dict] = []
-    # utf-8-sig drops the byte-order mark that spreadsheet programs put in front of the header
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter, quoting=quoting, strict=quoting != csv.QUOTE_NONE)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DataError(f"{path}: the file is empty (expected a header line)") from None
-        header = [h.strip() for h in header]
-        if len(set(header)) != len(header):
-            dup = sorted({h for h in header if header.count(h) > 1})
-            raise DataError(f"{path}:1: duplicate column names {dup} in the header")
-        try:
-            for fields in reader:
-                if not fields or (len(fields) == 1 and not fields[0].strip()):
-                    continue  # blank line
-                if len(fields) != len(header):
-                    raise DataError(
-                        f"{path}:{reader.line_num}: expected {len(header)} fields "
-                        f"({', '.join(header)}) separated by {delimiter!r}, found {len(fields)}"
-                    )
-                row = dict(zip(header, fields))
-                row[LINE] = reader.line_num
-                rows.append(row)
-        except csv.Error as e:
-            raise DataError(f"{path}:{reader.line_num}: malformed {'CSV' if delimiter == ',' else 'TSV'}: {e}") from e
-    return rows
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows: list[dict] = []
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
+    # the lines as the file holds them (line ends kept, as csv wants them), a byte-order mark dropped
+    lines = (line for _, line in text_lines(path, max_line_bytes))
+    reader = csv.reader(lines, delimiter=delimiter, quoting=quoting, strict=quoting != csv.QUOTE_NONE)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(f"{path}: the file is empty (0 bytes or only a byte-order mark); expected a header "
+                        "line and rows") from None
+    header = [h.strip() for h in header]
+    if len(set(header)) != len(header):
+        dup = sorted({h for h in header if header.count(h) > 1})
+        raise DataError(f"{path}:1: duplicate column names {dup} in the header")
+    try:
+        for fields in reader:
+            if not fields or (len(fields) == 1 and not fields[0].strip()):
+                continue  # blank line
+            if len(fields) != len(header):
                 raise DataError(
-                    f"{path}:{lineno}:{e.colno}: malformed JSON line ({e.msg}); "
-                    f"expected one JSON object per line, got {line.strip()[:80]!r}"
-                ) from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
-            row[LINE] = lineno
+                    f"{path}:{reader.line_num}: expected {len(header)} fields "
+                    f"({', '.join(header)}) separated by {delimiter!r}, found {len(fields)}"
+                )
+            row = dict(zip(header, fields))
+            row[LINE] = reader.line_num
             rows.append(row)
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: malformed {'CSV' if delimiter == ',' else 'TSV'}: {e}") from e
+    if not rows:
+        raise DataError(f"{path}: a header line ({', '.join(header) or 'empty'}) but no rows below it; "
+                        "expected at least one row")
     return rows
 
 
-def _read_json(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8-sig")
+def _read_jsonl(path: Path, max_line_bytes: int | None = MAX_LINE_BYTES) -> list[dict]:
+    rows: list[dict] = []
+    seen = 0
+    for lineno, line in text_lines(path, max_line_bytes):
+        seen = lineno
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{path}:{lineno}:{e.colno}: malformed JSON line ({e.msg}); "
+                f"expected one JSON object per line, got {line.strip()[:80]!r}"
+            ) from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+        row[LINE] = lineno
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: " + ("the file is empty; expected one JSON object per line" if not seen else
+                                       f"no records ({seen} blank lines); expected one JSON object per line"))
+    return rows
+
+
+def _read_json(path: Path, max_line_bytes: int | None = MAX_LINE_BYTES) -> list[dict]:
+    text = read_text(path)
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty; expected a JSON list of records")
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # a .json file that holds JSON lines, as many exports do
-            return _read_jsonl(path)
+            return _read_jsonl(path, max_line_bytes)
         raise DataError(f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg})") from None
     if isinstance(obj, dict):  # {"data": [...]} / {"train": [...]} / column-oriented {"text": [...], ...}
         lists = {k: v for k, v in obj.items() if isinstance(v, list)}
@@ -174,38 +253,64 @@ def _read_json(path: Path) -> list[dict]:
             f"{path}: expected a list of records, a {{'data': [records]}} object, or column lists; "
             f"got {type(obj).__name__}"
         )
-    return [{**r, RECORD: i} for i, r in enumerate(obj, 1)]
+    if not obj:
+        raise DataError(f"{path}: no records (an empty list); expected at least one")
+    return check_text_lengths([{**r, RECORD: i} for i, r in enumerate(obj, 1)], path, max_line_bytes)
 
 
-def _read_parquet(path: Path) -> list[dict]:
+def check_text_lengths(rows: list[dict], origin: str | Path, max_line_bytes: int | None = MAX_LINE_BYTES,
+                 key: str = "data.max_line_bytes") -> list[dict]:
+    """``rows`` (of a json or parquet file, which have no lines to limit) when no text value is longer than
+    ``max_line_bytes`` characters; else the error naming the record and the column."""
+    if not max_line_bytes or max_line_bytes <= 0:
+        return rows
+    for r in rows:
+        for k, v in r.items():
+            if isinstance(v, str) and len(v) > max_line_bytes and not k.startswith("__"):
+                place = r.get("__where__") or where(str(origin), r)
+                raise DataError(f"{place}: column {k!r} holds a text of {len(v):,} characters, longer than "
+                                f"{key}={max_line_bytes:,}; check the file, or raise the limit with {key}=<bytes>")
+    return rows
+
+
+def _read_parquet(path: Path, max_line_bytes: int | None = MAX_LINE_BYTES) -> list[dict]:
     import pyarrow.parquet as pq
 
     try:
-        return [{**r, RECORD: i} for i, r in enumerate(pq.read_table(path).to_pylist(), 1)]
+        table = pq.read_table(path)
     except Exception as e:  # pyarrow raises several types for damaged files
         raise DataError(f"{path}: cannot read as parquet: {e}") from e
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no rows (a parquet file with the columns {', '.join(table.column_names)} "
+                        "but no rows); expected at least one")
+    return check_text_lengths([{**r, RECORD: i} for i, r in enumerate(table.to_pylist(), 1)], path, max_line_bytes)
 
 
-def read_table(path: str | Path, key: str = "file", tsv_quoting: str = "none") -> list[dict]:
+def read_table(path: str | Path, key: str = "file", tsv_quoting: str = "none",
+               max_line_bytes: int | None = MAX_LINE_BYTES) -> list[dict]:
     """Read a csv/tsv/jsonl/json/parquet file into row dicts.
 
     ``tsv_quoting='none'`` reads TSV the way GLUE and most research TSVs are written: split on tabs
     only, quotes are ordinary characters. ``'minimal'`` reads TSV written by pandas/csv writers,
     where fields holding tabs or quotes are quoted.
+
+    Every reader takes CRLF or LF line ends and a UTF-8 byte-order mark; an empty file, a header without
+    rows, a byte that is not UTF-8 (its line and byte offset) and a line (json, parquet: a text value) longer
+    than ``max_line_bytes`` are errors naming the file.
     """
     p = check_exists(path, key)
     fmt = infer_format(p)
     if fmt == "csv":
-        return _read_delimited(p, ",", csv.QUOTE_MINIMAL)
+        return _read_delimited(p, ",", csv.QUOTE_MINIMAL, max_line_bytes)
     if fmt == "tsv":
         if tsv_quoting not in ("none", "minimal"):
             raise DataError(f"data.tsv_quoting={tsv_quoting}: expected 'none' or 'minimal'")
-        return _read_delimited(p, "\t", csv.QUOTE_NONE if tsv_quoting == "none" else csv.QUOTE_MINIMAL)
+        return _read_delimited(p, "\t", csv.QUOTE_NONE if tsv_quoting == "none" else csv.QUOTE_MINIMAL, max_line_bytes)
     if fmt == "jsonl":
-        return _read_jsonl(p)
+        return _read_jsonl(p, max_line_bytes)
     if fmt == "json":
-        return _read_json(p)
-    return _read_parquet(p)
+        return _read_json(p, max_line_bytes)
+    return _read_parquet(p, max_line_bytes)
 
 
 def load_hub(name: str, config_name: str | None = None, revision: str | None = None,
@@ -260,8 +365,9 @@ def columns_of(row: dict) -> list[str]:
     return [k for k in row if k not in (LINE, RECORD, FILE)]
 
 
-def read_tables(paths: Sequence[Path], key: str, tsv_quoting: str = "none") -> list[dict]:
+def read_tables(paths: Sequence[Path], key: str, tsv_quoting: str = "none",
+                max_line_bytes: int | None = MAX_LINE_BYTES) -> list[dict]:
     """Rows of one or more table files; with several, each row also names its file."""
     if len(paths) == 1:
-        return read_table(paths[0], key, tsv_quoting)
-    return [{**r, FILE: str(p)} for p in paths for r in read_table(p, key, tsv_quoting)]
+        return read_table(paths[0], key, tsv_quoting, max_line_bytes)
+    return [{**r, FILE: str(p)} for p in paths for r in read_table(p, key, tsv_quoting, max_line_bytes)]

@@ -32,7 +32,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lmforge.data.sources import TABLE_FORMATS, check_exists, columns_of, read_table, where
+from lmforge.data.sources import (MAX_LINE_BYTES, TABLE_FORMATS, check_exists, check_text_lengths, columns_of,
+                                  read_table, read_text, where)
 from lmforge.utils.errors import DataError
 
 WHERE = "__where__"
@@ -53,12 +54,14 @@ def is_squad_json(obj: Any) -> bool:
 
 def load_json(path: Path) -> Any:
     """The file's JSON value, or None when it is not one JSON document (JSON lines, say)."""
+    text = read_text(path)  # a byte that is not UTF-8: an error at its line and byte offset
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty; expected SQuAD JSON ({{\"data\": [articles]}}) or a list of "
+                        "records with question, context and answers")
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
+        return json.loads(text)
     except json.JSONDecodeError:
         return None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e.reason}); re-encode the file as UTF-8") from None
 
 
 def check_answer(context: str, text: Any, start: Any, place: str) -> tuple[str, int]:
@@ -132,7 +135,7 @@ def read_squad_json(obj: dict, origin: str) -> list[dict]:
                              "answers": {"text": texts, "answer_start": starts}, "is_impossible": impossible,
                              "labelled": v2 or "answers" in qa, "v2": v2, WHERE: place})
     if not rows:
-        raise DataError(f"{origin}: a SQuAD file without questions")
+        raise DataError(f"{origin}: a SQuAD file without questions ({len(obj['data'])} articles, no 'qas' entries)")
     return rows
 
 
@@ -202,22 +205,26 @@ def rows_from_flat(rows: Sequence[dict], origin: str, columns: Mapping[str, str 
     return out
 
 
-def read_qa_file(path: str | Path, key: str = "file", columns: Mapping[str, str | None] | None = None) -> list[dict]:
+def read_qa_file(path: str | Path, key: str = "file", columns: Mapping[str, str | None] | None = None,
+                 max_line_bytes: int | None = MAX_LINE_BYTES) -> list[dict]:
     """The question rows of one file: SQuAD JSON (detected from its content), else a table file."""
     p = check_exists(path, key)
     if p.suffix.lower() == ".json":
         obj = load_json(p)
-        if is_squad_json(obj):
-            return read_squad_json(obj, str(p))
+        if is_squad_json(obj):  # a passage longer than max_line_bytes is refused as a long line would be
+            return check_text_lengths(read_squad_json(obj, str(p)), p, max_line_bytes)
+        if isinstance(obj, dict) and obj.get("data") == []:
+            raise DataError(f"{p}: a SQuAD file without articles ('data' is an empty list)")
     if p.suffix.lower() not in TABLE_FORMATS:
         raise DataError(f"{p}: neither SQuAD JSON nor a table file (expected .json with the SQuAD schema, or "
                         f"{', '.join(sorted(TABLE_FORMATS))} with the columns question, context, answers)")
     try:
-        rows = read_table(p, key)
+        rows = read_table(p, key, max_line_bytes=max_line_bytes)
     except DataError as e:
         raise DataError(f"{e} (expected SQuAD JSON, or a table with the columns question, context, answers)") from None
     return rows_from_flat(rows, str(p), columns)
 
 
-def read_qa_files(paths: Sequence[Path], key: str, columns: Mapping[str, str | None] | None = None) -> list[dict]:
-    return [r for p in paths for r in read_qa_file(p, key, columns)]
+def read_qa_files(paths: Sequence[Path], key: str, columns: Mapping[str, str | None] | None = None,
+                  max_line_bytes: int | None = MAX_LINE_BYTES) -> list[dict]:
+    return [r for p in paths for r in read_qa_file(p, key, columns, max_line_bytes)]

@@ -27,6 +27,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerFast
 
 from lmforge.data.text_corpus import read_documents
+from lmforge.utils import progress
 from lmforge.utils.errors import ConfigError
 
 CACHE_VERSION = "1"  # bump when training changes in a way that should invalidate cached tokenizers
@@ -177,12 +178,17 @@ def train_into(
 
     Written to a temporary folder and renamed into place, so a half-written entry is never loaded
     and concurrent processes cannot corrupt it (the first rename wins; the others' are equal).
+    Shown as a progress stage counting the texts read (of ``len(texts)`` when it has a length); the
+    stage lasts until the tokenizer is trained and saved.
     """
     entry = Path(entry)
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    total = len(texts) if hasattr(texts, "__len__") else None  # type: ignore[arg-type]
     try:
-        train_tokenizer(texts, kind, vocab_size, tmp, min_frequency, lowercase, model_max_length)
+        with progress.stage(f"training a {kind} tokenizer ({vocab_size:,} tokens)", total=total, unit="texts") as shown:
+            train_tokenizer(progress.counted(texts, shown), kind, vocab_size, tmp, min_frequency, lowercase,
+                            model_max_length)
         (tmp / "lmforge_cache.json").write_text(json.dumps(info or {}, indent=2, default=str))
         try:
             os.rename(tmp, entry)

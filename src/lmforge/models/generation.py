@@ -6,7 +6,9 @@ Decoding settings come from the task config (``task.generation``): ``max_new_tok
 :func:`generate_ids` (batched, with the KV cache). Prompts are
 generated in batches; decoder-only models are padded on the left so every prompt ends where its new
 tokens begin. The seed is fixed for sampling, and the caller's RNG state is left untouched, so
-generating during training does not change the run.
+generating during training does not change the run. :func:`generate` shows its batches as a progress stage
+(:mod:`lmforge.utils.progress`: a bar in a terminal, one line otherwise, rank 0 only); ``progress=None``
+shows nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import torch
+
+from lmforge.utils import progress as _progress
 
 DEFAULTS = {"max_new_tokens": 40, "do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0,
             "num_beams": 1, "repetition_penalty": 1.0, "seed": 0, "batch_size": 16, "length_penalty": 1.0,
@@ -47,11 +51,13 @@ def generation_kwargs(settings: Mapping[str, Any], tokenizer: Any) -> dict[str, 
 
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, prompts: Sequence[str], settings: Mapping[str, Any] | None = None,
-             add_special_tokens: bool = False, new_only: bool = False) -> list[str]:
+             add_special_tokens: bool = False, new_only: bool = False,
+             progress: str | None = "generating") -> list[str]:
     """The decoded output for each prompt (for decoder-only models: the prompt followed by its continuation,
     as ``transformers.pipeline("text-generation")`` returns it; for encoder-decoders: the generated text).
     ``new_only``: decoder-only models return the continuation alone (a chat model's answer, decoded as the
-    text-generation pipeline decodes a chat's new assistant message)."""
+    text-generation pipeline decodes a chat's new assistant message). ``progress``: the description of the
+    progress stage the batches are shown as (counting prompts), None for none."""
     settings = dict(settings or {})
     kwargs = generation_kwargs(settings, tokenizer)
     batch_size = int(settings.get("batch_size", DEFAULTS["batch_size"]))
@@ -66,8 +72,9 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], settings: Mappi
         tokenizer.pad_token = tokenizer.eos_token
     out_texts: list[str] = []
     devices = [device] if device.type == "cuda" else []
+    shown = _progress.Stage(progress or "", total=len(prompts), unit="prompts", mode="off" if progress is None else None)
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), shown:
             torch.manual_seed(int(settings.get("seed", DEFAULTS["seed"])))
             for start in range(0, len(prompts), batch_size):
                 chunk = [str(p) for p in prompts[start: start + batch_size]]
@@ -81,6 +88,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], settings: Mappi
                 if new_only and decoder_only:
                     out = out[:, ids.shape[1]:]
                 out_texts.extend(tokenizer.batch_decode(out, skip_special_tokens=True))
+                shown.advance(len(chunk))
     finally:
         tokenizer.padding_side = side
         model.train(was_training)

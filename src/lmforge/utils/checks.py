@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from omegaconf import DictConfig
 
@@ -18,8 +20,87 @@ def resolved_accelerator(name: str) -> str:
     return "cpu"
 
 
+# data keys that count something and must be positive integers where they are set (null: not used)
+POSITIVE_DATA_KEYS = {
+    "batch_size": "examples per batch on each device",
+    "eval_batch_size": "examples per evaluation batch",
+    "global_batch_size": "examples per optimizer step over all devices",
+    "max_length": "tokens per example",
+    "block_size": "tokens per block",
+    "max_source_length": "source tokens per example",
+    "max_target_length": "target tokens per example",
+    "max_train_samples": "training rows to keep; null: all",
+    "max_eval_samples": "evaluation rows to keep; null: all",
+    "max_eval_blocks": "evaluation blocks to keep; null: all",
+}
+NON_NEGATIVE_DATA_KEYS = {"num_workers": "DataLoader worker processes", "stride": "sub-tokens of overlap",
+                          "doc_stride": "tokens of overlap", "shuffle_buffer": "documents",
+                          "max_line_bytes": "bytes in one line of a data file; 0: no limit"}
+
+
+def _what(value: Any) -> str:
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _integer(key: str, value: Any, least: int, meaning: str, allow: tuple = ()) -> None:
+    """``value`` is an integer >= ``least`` (or one of ``allow``), else a ConfigError naming ``key``."""
+    if value in allow and not isinstance(value, bool):
+        return
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(value, float) and value.is_integer():
+        ok, value = True, int(value)
+    also = "".join(f" or {a}" for a in allow if a is not None)
+    want = f"a positive integer ({meaning})" if least == 1 else f"an integer >= {least} ({meaning})"
+    if not ok:
+        raise ConfigError(f"{key}={value}: expected {want}{also}, got {_what(value)}")
+    if value < least:
+        raise ConfigError(f"{key}={value}: expected {want}{also}")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Types and ranges of the numbers a run counts with (``data.batch_size=abc``, ``optimizer.lr=0``,
+    ``trainer.max_steps=0``): a ConfigError naming the key, the value and what is expected, before any data
+    is read or any model is built."""
+    data = cfg.get("data") or {}
+    for key, meaning in POSITIVE_DATA_KEYS.items():
+        if key in data and data.get(key) is not None:
+            _integer(f"data.{key}", data.get(key), 1, meaning)
+    for key, meaning in NON_NEGATIVE_DATA_KEYS.items():
+        if key in data and data.get(key) is not None:
+            _integer(f"data.{key}", data.get(key), 0, meaning)
+    vf = data.get("validation_fraction") if "validation_fraction" in data else None
+    if vf is not None and (isinstance(vf, (str, bool)) or not isinstance(vf, (int, float)) or not 0 <= vf < 1):
+        raise ConfigError(f"data.validation_fraction={vf}: expected a fraction in [0, 1) of the training rows to carve "
+                          f"out as validation (0: none), got {_what(vf)}")
+    optimizer = cfg.get("optimizer") or {}
+    if "lr" in optimizer:
+        lr = optimizer.get("lr")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+            raise ConfigError(f"optimizer.lr={lr}: expected a positive number (the learning rate, e.g. "
+                              f"optimizer.lr=3e-5), got {_what(lr)}")
+        if not lr > 0 or lr != lr or lr == float("inf"):
+            raise ConfigError(f"optimizer.lr={lr}: expected a positive learning rate (e.g. 3e-5); "
+                              "to freeze the weights, evaluate instead (python eval.py run=<run>)")
+    wd = optimizer.get("weight_decay") if "weight_decay" in optimizer else None
+    if wd is not None and (isinstance(wd, (str, bool)) or not isinstance(wd, (int, float)) or wd < 0):
+        raise ConfigError(f"optimizer.weight_decay={wd}: expected a number >= 0, got {_what(wd)}")
+    trainer = cfg.get("trainer") or {}
+    if "max_steps" in trainer:
+        _integer("trainer.max_steps", trainer.get("max_steps"), 1, "optimizer steps; -1: train by epochs",
+                 allow=(-1, None))
+    if "max_epochs" in trainer:
+        _integer("trainer.max_epochs", trainer.get("max_epochs"), 1, "passes over the training data; -1 or null: "
+                 "unlimited, with trainer.max_steps", allow=(-1, None))
+    if "accumulate_grad_batches" in trainer:
+        _integer("trainer.accumulate_grad_batches", trainer.get("accumulate_grad_batches"), 1,
+                 "batches per optimizer step")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Fail early, naming the keys, the values and what would work instead."""
+    check_values(cfg)
     trainer = cfg.trainer
     acc = resolved_accelerator(str(trainer.get("accelerator", "auto")))
     precision = str(trainer.get("precision", "32-true"))

@@ -61,7 +61,8 @@ class CausalLMModule(TaskModule):
         super().on_validation_epoch_end()
         if self.prompts and not self.trainer.sanity_checking:
             # every rank generates (a sharded model's forward pass is a collective); rank 0 records
-            texts = generate(self.trainable(), self.trainer.datamodule.tokenizer, self.prompts, self.generation)
+            texts = generate(self.trainable(), self.trainer.datamodule.tokenizer, self.prompts, self.generation,
+                             progress="generating validation samples")
             self.log_generations(texts)
 
     # -- prediction: prompts in, continuations out ---------------------------------------------
@@ -71,7 +72,8 @@ class CausalLMModule(TaskModule):
 
         records = as_records(inputs, datamodule.input_fields)
         field = datamodule.input_fields[0]
-        texts = generate(self.trainable(), datamodule.tokenizer, [r[field] for r in records], self.generation)
+        texts = generate(self.trainable(), datamodule.tokenizer, [r[field] for r in records], self.generation,
+                         progress="generating predictions")
         return [{**r, "generated_text": t} for r, t in zip(records, texts)]
 
     @classmethod

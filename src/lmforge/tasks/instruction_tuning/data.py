@@ -40,6 +40,7 @@ from lmforge.tasks.instruction_tuning.formats import (check_conversation, check_
                                                       read_conversations, to_messages, detect, file_format)
 from lmforge.tasks.instruction_tuning.template import (IGNORE, encode_conversation, ensure_chat_template,
                                                        prompt_text, stop_token_ids, template_id)
+from lmforge.utils import progress
 from lmforge.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ def collate_chat(examples: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str
 
 class InstructionTuningDataModule(LMForgeDataModule):
     namespace = "instruction_tuning"
+    progress_unit = "conversations"
     tokenizer_kind = "bpe"  # from-scratch decoders: a byte-level BPE trained on the message texts
     input_fields = ("text",)  # a user message; records with "messages" are whole conversations
     file_suffixes = tuple(TABLE_FORMATS)
@@ -145,7 +147,7 @@ class InstructionTuningDataModule(LMForgeDataModule):
 
     # -- reading -------------------------------------------------------------------------------
     def read_file(self, paths: list[Path], key: str) -> list:
-        rows = read_tables(paths, key, self.tsv_quoting)
+        rows = read_tables(paths, key, self.tsv_quoting, self.max_line_bytes)
         return read_conversations(rows, ", ".join(map(str, paths)), self.format, self.alternation)
 
     def rows_from_hub(self, rows: list[dict], origin: str) -> list:
@@ -167,6 +169,7 @@ class InstructionTuningDataModule(LMForgeDataModule):
         out, cut, dropped = [], 0, 0
         for r in rows:
             ids, labels = encode_conversation(tok, r["messages"], self.assistant_only_loss)
+            progress.advance()  # the open progress stage (the datamodule's "tokenizing <split>"), if any
             if len(ids) > self.max_length:
                 lost = any(y != IGNORE for y in labels[self.max_length:])
                 cut += lost
@@ -189,8 +192,14 @@ class InstructionTuningDataModule(LMForgeDataModule):
                         "dropped" if self.truncation == "drop" else "cut short", self.truncation)
         meta["cut"][split], meta["dropped"][split] = counts["cut"], counts["dropped"]
         if not examples:
-            raise DataError(f"{data.origin}: no conversation of the {split} split is left after data.max_length="
-                            f"{self.max_length} (data.truncation={self.truncation})")
+            why = [f"{counts['cut']} longer than data.max_length={self.max_length} tokens (data.truncation="
+                   f"{self.truncation})"] if counts["cut"] and self.truncation == "drop" else []
+            rest = counts["dropped"] - (counts["cut"] if self.truncation == "drop" else 0)
+            if rest:
+                why.append(f"{rest} without an assistant token within data.max_length={self.max_length}")
+            raise DataError(f"{data.origin}: the {split} split is empty after filtering: all {counts['of']} "
+                            f"conversations read were dropped ({'; '.join(why)}); raise data.max_length, or set "
+                            "data.truncation=truncate to keep them cut short")
         arrays: dict[str, Any]
         if self.packing:
             rows = pack(examples, self.max_length)

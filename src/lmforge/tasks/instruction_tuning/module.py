@@ -199,7 +199,8 @@ class InstructionTuningModule(TaskModule):
             return
         # every rank generates (a sharded model's forward pass is a collective); rank 0 records
         texts = [prompt_text(dm.tokenizer, p["messages"]) for p in prompts]
-        answers = generate(self.trainable(), dm.tokenizer, texts, self.generation, new_only=True)
+        answers = generate(self.trainable(), dm.tokenizer, texts, self.generation, new_only=True,
+                           progress="generating validation answers")
         if self.trainer.is_global_zero:
             self.log_generations(prompts, answers)
 
@@ -218,7 +219,8 @@ class InstructionTuningModule(TaskModule):
     def predict(self, inputs: Sequence[Mapping[str, Any] | str], datamodule: Any, batch_size: int = 16) -> list[dict]:
         records = [{"text": x} if isinstance(x, str) else _plain(x) for x in inputs]  # config nodes: plain
         texts = datamodule.prompt_texts(records)
-        answers = generate(self.trainable(), datamodule.tokenizer, texts, self.generation, new_only=True)
+        answers = generate(self.trainable(), datamodule.tokenizer, texts, self.generation, new_only=True,
+                           progress="generating answers")
         return [{**r, "answer": a} for r, a in zip(records, answers)]
 
     def field_prediction_files(self, records: Sequence[Mapping[str, Any]], folder: Path) -> list[Path]:

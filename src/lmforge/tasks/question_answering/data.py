@@ -85,6 +85,7 @@ class QAQuestions(Dataset):
 
 class QuestionAnsweringDataModule(LMForgeDataModule):
     namespace = "question_answering"
+    progress_unit = "questions"
     input_fields = ("question", "context")
 
     def __init__(self, train_file: str | None = None, validation_file: str | None = None, test_file: str | None = None,
@@ -131,7 +132,7 @@ class QuestionAnsweringDataModule(LMForgeDataModule):
                 "validation_articles": self.validation_articles, "test_articles": self.test_articles}
 
     def read_file(self, paths: list, key: str) -> list[dict]:
-        return read_qa_files(paths, key, self.columns)
+        return read_qa_files(paths, key, self.columns, self.max_line_bytes)
 
     def rows_from_hub(self, rows: list[dict], origin: str) -> list[dict]:
         return rows_from_flat(rows, origin, self.columns)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -29,13 +30,14 @@ NEG = float("-inf")
 def answers_from_logits(start_logits: torch.Tensor, end_logits: torch.Tensor, char_start: torch.Tensor,
                         char_end: torch.Tensor, cls_index: torch.Tensor, window_example: Sequence[int],
                         contexts: Sequence[str], n_best: int = 20, max_answer_length: int = 30,
-                        allow_null: bool = False, null_threshold: float = 0.0) -> list[dict]:
+                        allow_null: bool = False, null_threshold: float = 0.0, progress: Any = None) -> list[dict]:
     """One answer record per example (``contexts[i]``) from the logits of its windows.
 
     ``start_logits``/``end_logits``/``char_start``/``char_end``: (windows, tokens), offsets -1 outside the
     passage (and on padding); ``cls_index``: (windows,); ``window_example[w]``: the example of window ``w``
     (an index into ``contexts``). Returns ``{"answer", "start", "end", "score", "null_odds", "nbest"}``,
     ``start``/``end`` the answer's character offsets in the passage (end exclusive; None for no answer).
+    ``progress``: a :class:`lmforge.utils.progress.Stage` advanced by one per example (None: nothing shown).
     """
     if n_best < 1 or max_answer_length < 1:
         raise ValueError("n_best and max_answer_length must be at least 1")
@@ -108,4 +110,6 @@ def answers_from_logits(start_logits: torch.Tensor, end_logits: torch.Tensor, ch
         else:
             record["nbest"] = []
         out.append(record)
+        if progress is not None:
+            progress.advance(1)
     return out

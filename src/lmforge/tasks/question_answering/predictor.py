@@ -62,10 +62,9 @@ class QuestionAnsweringPredictor:
 
     def predict(self, inputs: Sequence[Mapping[str, str] | tuple[str, str]], nbest: bool = False) -> list[dict]:
         """One record per input (``{"question", "context"}`` or a ``(question, context)`` pair): the answer, its
-        character offsets and score (``nbest=True``: with its n-best list too)."""
-        import torch
-
-        from lmforge.tasks.question_answering.postprocess import answers_from_logits
+        character offsets and score (``nbest=True``: with its n-best list too). More inputs than one batch are
+        shown as a progress stage (a bar in a terminal, one line otherwise)."""
+        from lmforge.utils.progress import stage
 
         records = []
         for i, x in enumerate(inputs, 1):
@@ -75,25 +74,34 @@ class QuestionAnsweringPredictor:
                                                      for k in ("question", "context")):
                 raise ValueError(f"input {i}: {x!r}; expected a non-empty question and context")
             records.append(x)
-        s = self.settings
         out: list[dict] = []
-        for start in range(0, len(records), self.batch_size):
-            chunk = records[start: start + self.batch_size]
-            items = question_items(self.tokenizer, [r["question"] for r in chunk], [r["context"] for r in chunk],
-                                   int(s["max_length"]), int(s["doc_stride"]))
-            batch = collate_questions(items, self.tokenizer.pad_token_id)
-            inputs_ = {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask", "token_type_ids")
-                       if k in batch}
-            with torch.no_grad():
-                logits = self.model(**inputs_)
-            answers = answers_from_logits(logits.start_logits, logits.end_logits, batch["char_start"],
-                                          batch["char_end"], batch["cls_index"], batch["window_example"].tolist(),
-                                          [r["context"] for r in chunk], n_best=int(s["n_best"]),
-                                          max_answer_length=int(s["max_answer_length"]),
-                                          allow_null=bool(s["version_2_with_negative"]),
-                                          null_threshold=float(s["null_threshold"]))
-            out.extend({f: a[f] for f in (*FIELDS, "nbest") if nbest or f != "nbest"} for a in answers)
+        shown = stage("answering questions", total=len(records), unit="questions",
+                      mode="off" if len(records) <= self.batch_size else None)
+        with shown:
+            for start in range(0, len(records), self.batch_size):
+                out.extend(self._answer(records[start: start + self.batch_size], nbest, shown))
         return out
+
+    def _answer(self, chunk: list[Mapping[str, str]], nbest: bool, shown: Any) -> list[dict]:
+        """The records of one batch of questions; post-processing advances ``shown`` by one per question."""
+        import torch
+
+        from lmforge.tasks.question_answering.postprocess import answers_from_logits
+
+        s = self.settings
+        items = question_items(self.tokenizer, [r["question"] for r in chunk], [r["context"] for r in chunk],
+                               int(s["max_length"]), int(s["doc_stride"]))
+        batch = collate_questions(items, self.tokenizer.pad_token_id)
+        inputs_ = {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        with torch.no_grad():
+            logits = self.model(**inputs_)
+        answers = answers_from_logits(logits.start_logits, logits.end_logits, batch["char_start"], batch["char_end"],
+                                      batch["cls_index"], batch["window_example"].tolist(),
+                                      [r["context"] for r in chunk], n_best=int(s["n_best"]),
+                                      max_answer_length=int(s["max_answer_length"]),
+                                      allow_null=bool(s["version_2_with_negative"]),
+                                      null_threshold=float(s["null_threshold"]), progress=shown)
+        return [{f: a[f] for f in (*FIELDS, "nbest") if nbest or f != "nbest"} for a in answers]
 
 
 def load(folder: str | Path, **kwargs: Any) -> QuestionAnsweringPredictor:

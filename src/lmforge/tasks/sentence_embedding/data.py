@@ -31,6 +31,7 @@ from lmforge.data.collate import PadCollator
 from lmforge.data.datamodule import ArrayDataset, LMForgeDataModule, is_missing
 from lmforge.data.sources import SplitRows, columns_of, read_tables, where
 from lmforge.data.columns import LABEL_COLUMNS, PAIR_COLUMNS, TEXT_COLUMNS
+from lmforge.utils import progress
 from lmforge.utils.errors import ConfigError, DataError
 
 # (first text, second text) names that come together, tried in this order before the single-name lists
@@ -77,7 +78,7 @@ class SentenceEmbeddingDataModule(LMForgeDataModule):
                 "max_length": self.max_length, "tsv_quoting": self.tsv_quoting}
 
     def read_file(self, paths: list, key: str) -> list[dict]:
-        return read_tables(paths, key, self.tsv_quoting)
+        return read_tables(paths, key, self.tsv_quoting, self.max_line_bytes)
 
     # -- columns -------------------------------------------------------------------------------
     def pick_columns(self, present: list[str], origin: str, need_pair: bool = True) -> dict[str, str | None]:
@@ -175,20 +176,24 @@ class SentenceEmbeddingDataModule(LMForgeDataModule):
         return [lo, hi]
 
     # -- encoding -------------------------------------------------------------------------------
-    def _tokenize(self, texts: list[str]) -> list[np.ndarray]:
+    def _tokenize(self, texts: list[str], share: float = 0.0) -> list[np.ndarray]:
+        """Token ids per text; each text advances the open progress stage by ``share`` rows."""
         out = []
         for start in range(0, len(texts), 2048):
             enc = self.tokenizer(texts[start: start + 2048], truncation=True, max_length=self.max_length,
                                  return_attention_mask=False, return_token_type_ids=False)
             out.extend(np.asarray(x, dtype=np.int32) for x in enc["input_ids"])
+            if share:
+                progress.advance(len(enc["input_ids"]) * share)
         return out
 
     def encode_split(self, split: str, data: SplitRows, meta: dict) -> dict[str, Any]:
         cols, rows = meta["columns"], data.rows
         enc: dict[str, Any] = {}
+        roles = [role for role in FIELDS if cols[role]]
         for role, field in FIELDS.items():
-            if cols[role]:
-                enc[field] = self._tokenize([r[cols[role]] for r in rows])
+            if cols[role]:  # each text column is one pass over the rows: a row is done after all of them
+                enc[field] = self._tokenize([r[cols[role]] for r in rows], share=1 / len(roles))
         enc["lengths"] = np.asarray([len(x) for x in enc["input_ids"]], dtype=np.int32)
         if meta["scored"] and split in meta["labelled"]:
             lo, hi = meta["score_range"]

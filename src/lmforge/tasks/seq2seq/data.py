@@ -36,6 +36,7 @@ from lmforge.data.datamodule import ArrayDataset, LMForgeDataModule, is_missing
 from lmforge.data.sources import TABLE_FORMATS, SplitRows, check_exists, read_lines, read_tables, resolve_files, where
 from lmforge.data.splits import SPLITS
 from lmforge.tasks.seq2seq.readers import PAIR, parallel_pair, read_parallel, rows_from_table
+from lmforge.utils import progress
 from lmforge.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ def collate_seq2seq(examples: Sequence[dict], pad_id: int, multiple: int | None 
 
 class Seq2SeqDataModule(LMForgeDataModule):
     namespace = "seq2seq"
+    progress_unit = "pairs"
     tokenizer_kind = "seq2seq"  # data.tokenizer_training.kind=auto for from-scratch models
     input_fields = ("source",)
     file_suffixes = tuple(TABLE_FORMATS)
@@ -211,12 +213,12 @@ class Seq2SeqDataModule(LMForgeDataModule):
     def read_file(self, paths: list[Path], key: str) -> list:
         if (len(paths) == 2 and self.kind == "translation"
                 and [p.suffix for p in paths] == [f".{self.source_lang}", f".{self.target_lang}"]):
-            return read_parallel(paths[0], paths[1])
+            return read_parallel(paths[0], paths[1], self.max_line_bytes)
         if len(paths) == 1 and self.kind == "translation" and paths[0].suffix == f".{self.source_lang}":
             pair = parallel_pair(paths[0], self.source_lang, self.target_lang)  # one side named: its sibling
             if pair:
-                return read_parallel(*pair)
-        rows = read_tables(paths, key, self.tsv_quoting)
+                return read_parallel(*pair, self.max_line_bytes)
+        rows = read_tables(paths, key, self.tsv_quoting, self.max_line_bytes)
         return rows_from_table(rows, ", ".join(map(str, paths)), self.kind, self.source_lang, self.target_lang,
                                self.source_column, self.target_column)
 
@@ -249,7 +251,9 @@ class Seq2SeqDataModule(LMForgeDataModule):
                 skipped[split] = dropped
                 data.rows = kept
             if not data.rows:
-                raise DataError(f"{data.origin}: no pairs left in the {split} split")
+                raise DataError(f"{data.origin}: the {split} split is empty after filtering: all {dropped} pairs read "
+                                "have an empty source or target, and data.skip_empty=true skipped them; fill them in "
+                                "(or check data.source_column / data.target_column)")
         return {"skipped_empty": skipped, "truncated": {}}
 
     # -- encoding ------------------------------------------------------------------------------
@@ -285,7 +289,9 @@ class Seq2SeqDataModule(LMForgeDataModule):
         sources = [r["source"] for r in data.rows]
         targets = [r["target"] for r in data.rows]
         src_ids, n_src = self._encode_sources(sources)
+        progress.advance(len(sources) / 2)  # the datamodule's "tokenizing <split>" stage: sources are half the work
         tgt_ids, n_tgt = self._encode_targets(targets)
+        progress.advance(len(targets) / 2)
         for n, what, key in ((n_src, "sources", "max_source_length"), (n_tgt, "targets", "max_target_length")):
             if n:
                 log.warning("%s: %d of %d %s are longer than data.%s=%d tokens and were truncated "

@@ -112,6 +112,7 @@ class Seq2SeqModule(TaskModule):
         self.source_prefix, self.max_source_length = source_prefix or "", int(max_source_length)
         self._validations = 0
         self._generating = False
+        self._shown: Any = None  # the evaluation loop's generation, shown as one line when it ends (utils.progress)
 
     # -- model -------------------------------------------------------------------------------
     def build_model(self, facts: Mapping) -> torch.nn.Module:
@@ -196,6 +197,8 @@ class Seq2SeqModule(TaskModule):
         idx = index[keep]
         hyps = generate_ids(self.trainable(), batch["input_ids"][keep], batch["attention_mask"][keep],
                             self._tokenizer(), self.generation)
+        if self._shown is not None:
+            self._shown.advance(len(hyps))
         refs = [dataset.reference(int(i)) for i in idx.tolist()]
         self.metrics[stage]["text"].update(idx, hyps, refs)
 
@@ -220,11 +223,22 @@ class Seq2SeqModule(TaskModule):
         if not sanity:
             self._validations += 1
         self._generating = not sanity and (self._validations - 1) % self.generate_every_n_val == 0
+        self._show_generation("validation")
 
     def on_test_epoch_start(self) -> None:
         self._generating = True
+        self._show_generation("test")
+
+    def _show_generation(self, split: str) -> None:
+        """Time this loop's generation: one line at its end (rank 0; no bar: the loop's own bar shows it)."""
+        from lmforge.utils.progress import Stage
+
+        self._shown = Stage(f"generating {split} outputs", unit="samples", bar=False).start() if self._generating else None
 
     def _eval_epoch_end(self, stage: str) -> None:
+        if self._shown is not None:
+            self._shown.close()
+            self._shown = None
         text = self.metrics[stage]["text"]
         super()._eval_epoch_end(stage)  # computes (gathering every rank's texts) and resets
         if stage == "val" and text.last and self.trainer.is_global_zero:
@@ -265,10 +279,14 @@ class Seq2SeqModule(TaskModule):
         examples = datamodule.encode_inputs(records)
         bs = int(batch_size or self.generation["batch_size"])
         out: list[str] = []
-        for start in range(0, len(examples), bs):
-            batch = datamodule.collate(examples[start: start + bs])
-            out += generate_ids(self.trainable(), batch["input_ids"], batch["attention_mask"], datamodule.tokenizer,
-                                self.generation)
+        from lmforge.utils.progress import stage
+
+        with stage("generating predictions", total=len(examples), unit="inputs") as shown:
+            for start in range(0, len(examples), bs):
+                batch = datamodule.collate(examples[start: start + bs])
+                out += generate_ids(self.trainable(), batch["input_ids"], batch["attention_mask"],
+                                    datamodule.tokenizer, self.generation)
+                shown.advance(len(batch["input_ids"]))
         return [{**r, "prediction": p} for r, p in zip(records, out)]
 
     def field_prediction_files(self, records: Sequence[Mapping[str, Any]], folder: Path) -> list[Path]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from lmforge.data.sources import FILE, LINE, RECORD, columns_of, where
+from lmforge.data.sources import FILE, LINE, MAX_LINE_BYTES, RECORD, columns_of, text_lines, where
 from lmforge.utils.errors import DataError
 
 DOCUMENT_COLUMNS = ("document", "article", "dialogue", "text")
@@ -18,28 +18,24 @@ TARGET_COLUMNS = ("target", "tgt")
 PAIR = "__pair__"  # a parallel row's (source file, target file)
 
 
-def _lines(path: Path) -> list[str]:
+def _lines(path: Path, max_line_bytes: int | None = MAX_LINE_BYTES) -> list[str]:
     """The lines of a UTF-8 text file as they are: a byte-order mark dropped, CRLF or LF ends removed,
-    trailing blank lines dropped (a last line without its end is a line)."""
-    data = path.read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 ({e.reason}); re-encode the file as UTF-8") from None
-    lines = text.split("\n")
-    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+    trailing blank lines dropped (a last line without its end is a line). A byte that is not UTF-8 and a
+    line longer than ``max_line_bytes`` are errors at their line."""
+    lines = [ln[:-2] if ln.endswith("\r\n") else ln[:-1] if ln.endswith("\n") else ln
+             for _, ln in text_lines(path, max_line_bytes)]
     while lines and not lines[-1].strip():
         lines.pop()
+    if not lines:
+        raise DataError(f"{path}: the file is empty" + (" (only blank lines)" if path.stat().st_size else "")
+                        + "; expected one sentence per line")
     return lines
 
 
-def read_parallel(source: Path, target: Path) -> list[dict]:
+def read_parallel(source: Path, target: Path, max_line_bytes: int | None = MAX_LINE_BYTES) -> list[dict]:
     """Rows ``{"source", "target", "__line__"}`` of two line-aligned files; files of different line counts
     are an error naming both files, both counts and the first line where one ends."""
-    src, tgt = _lines(source), _lines(target)
+    src, tgt = _lines(source, max_line_bytes), _lines(target, max_line_bytes)
     if len(src) != len(tgt):
         short, long_, n = (source, target, len(src)) if len(src) < len(tgt) else (target, source, len(tgt))
         raise DataError(f"parallel files of different lengths: {source} has {len(src)} lines, {target} has "

@@ -23,13 +23,13 @@ import logging
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from rich.progress import track
 from torch.utils.data import Dataset
 
 from lmforge.data.datamodule import ArrayDataset, LMForgeDataModule, is_missing
 from lmforge.data.collate import PadCollator
 from lmforge.data.columns import LABEL_COLUMNS, PAIR_COLUMNS, TEXT_COLUMNS
 from lmforge.data.sources import SplitRows, columns_of, read_tables, where
+from lmforge.utils import progress
 from lmforge.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class TextClassificationDataModule(LMForgeDataModule):
                 "max_length": self.max_length, "tsv_quoting": self.tsv_quoting}
 
     def read_file(self, paths: list, key: str) -> list[dict]:
-        return read_tables(paths, key, self.tsv_quoting)
+        return read_tables(paths, key, self.tsv_quoting, self.max_line_bytes)
 
     # -- checks: columns, labels, problem type ----------------------------------------------
     def _pick_columns(self, present: list[str], origin: str, need_label: bool) -> dict[str, str | None]:
@@ -158,23 +158,24 @@ class TextClassificationDataModule(LMForgeDataModule):
         return True
 
     # -- encoding ----------------------------------------------------------------------------
-    def _tokenize(self, texts: list[str], pairs: list[str] | None, what: str) -> dict[str, list]:
+    def _tokenize(self, texts: list[str], pairs: list[str] | None, what: str, report: bool = False) -> dict[str, list]:
         enc: dict[str, list] = {"input_ids": []}
         chunk = 2048
-        steps = range(0, len(texts), chunk)
-        for start in track(steps, description=f"tokenizing {what} ({len(texts):,} rows)", transient=True,
-                           disable=len(steps) < 3):
+        for start in range(0, len(texts), chunk):
             out = self.tokenizer(texts[start: start + chunk], pairs[start: start + chunk] if pairs else None,
                                  truncation=True, max_length=self.max_length, return_attention_mask=False)
             for k in ("input_ids", "token_type_ids"):
                 if k in out:
                     enc.setdefault(k, []).extend(np.asarray(x, dtype=np.int32) for x in out[k])
+            if report:  # the datamodule's "tokenizing <split>" stage
+                progress.advance(len(out["input_ids"]))
         return enc
 
     def encode_split(self, split: str, data: SplitRows, meta: dict) -> dict[str, Any]:
         cols, rows = meta["columns"], data.rows
         enc: dict[str, Any] = self._tokenize([r[cols["text"]] for r in rows],
-                                             [r[cols["pair"]] for r in rows] if cols["pair"] else None, split)
+                                             [r[cols["pair"]] for r in rows] if cols["pair"] else None, split,
+                                             report=True)
         enc["lengths"] = np.asarray([len(x) for x in enc["input_ids"]], dtype=np.int32)
         if split in meta["labelled"]:
             values = [r[cols["label"]] for r in rows]

@@ -62,6 +62,41 @@ class TextClassificationModule(TaskModule):
                 metric.update(loss, weight=labels.shape[0])
             else:
                 metric.update(preds, labels)
+        if not self.is_regression:  # the confusion matrix behind evaluation_figures(), apart from the logged metrics
+            stage = next((s for s, m in (self.metrics or {}).items() if m is metrics), None)
+            if stage is not None:
+                self._confusion_metric(stage, preds.device).update(preds, labels)
+
+    # -- pictures (lmforge.callbacks.plots) ---------------------------------------------------
+    def _confusion_metric(self, stage: str, device: torch.device) -> tm.Metric:
+        # kept in a plain dict, not as a submodule: no checkpoint entry, no line in the model summary
+        store = self.__dict__.setdefault("_confusion", {})
+        if stage not in store:
+            store[stage] = tm.ConfusionMatrix(task="multiclass", num_classes=self.trainable().config.num_labels)
+        return store[stage].to(device)
+
+    def _keep_confusion(self, stage: str) -> None:
+        metric = self.__dict__.get("_confusion", {}).get(stage)
+        if metric is None or not metric.update_called:
+            return
+        matrix = metric.compute().cpu().tolist()  # synced across ranks (every rank calls this)
+        metric.reset()
+        id2label = self.trainable().config.id2label
+        labels = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(len(matrix))]
+        self.__dict__.setdefault("_figures", {})[stage] = {
+            "confusion_matrix": {"kind": "confusion", "matrix": matrix, "labels": labels, "title": "confusion matrix"}}
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self._keep_confusion("val")
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        self._keep_confusion("test")
+
+    def evaluation_figures(self, stage: str) -> dict[str, dict]:
+        """The last ``stage`` evaluation's confusion matrix (classification only) as plain data."""
+        return dict(self.__dict__.get("_figures", {}).get(stage, {}))
 
     def predict_batch(self, batch: Mapping[str, torch.Tensor], datamodule: Any) -> list[dict]:
         logits = self(batch).logits.float().cpu()

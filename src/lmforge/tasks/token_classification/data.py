@@ -79,6 +79,7 @@ class TokenDataset(ArrayDataset):
 
 class TokenClassificationDataModule(LMForgeDataModule):
     namespace = "token_classification"
+    progress_unit = "sentences"
     input_fields = ("text",)
     file_suffixes = CONLL_SUFFIXES + TABLE_SUFFIXES
 
@@ -159,8 +160,8 @@ class TokenClassificationDataModule(LMForgeDataModule):
         if len(kinds) > 1:
             raise DataError(f"{key}: mixes CoNLL column files and tables ({', '.join(map(str, paths))}); give one kind")
         if kinds == {"conll"}:
-            return read_conll_files(paths, key, self.tag_column)
-        return read_tables(paths, key)
+            return read_conll_files(paths, key, self.tag_column, self.max_line_bytes)
+        return read_tables(paths, key, max_line_bytes=self.max_line_bytes)
 
     # -- checks --------------------------------------------------------------------------------
     def _table_columns(self, rows: list[dict], origin: str) -> dict[str, str | None]:

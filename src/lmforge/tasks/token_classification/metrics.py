@@ -58,7 +58,8 @@ class EntityScores(tm.Metric):
     """Entity-level precision/recall/F1, F1 per type and word accuracy (see the module docstring).
 
     After ``compute``, :attr:`last` holds the predictions it scored: sentence id -> (word indices, gold ids,
-    predicted ids), for the evaluation files written at the end of the test loop.
+    predicted ids), for the evaluation files written at the end of the test loop; :attr:`last_scores` the
+    scores as plain floats.
     """
 
     full_state_update = False
@@ -74,6 +75,7 @@ class EntityScores(tm.Metric):
         for name in ("sentence", "word", "gold", "pred"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
         self.last: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.last_scores: dict[str, float] = {}
 
     def update(self, sentence: torch.Tensor, word: torch.Tensor, gold: torch.Tensor, pred: torch.Tensor) -> None:
         self.sentence.append(sentence.long().flatten())
@@ -107,6 +109,7 @@ class EntityScores(tm.Metric):
             y_true.append(list(names[g]))
             y_pred.append(list(names[p]))
         scores = seqeval_scores(y_true, y_pred, self.types, self.mode)
+        self.last_scores = dict(scores)  # plain floats, for the run's pictures (F1 per entity type)
         return {k: torch.tensor(v, dtype=torch.float32) for k, v in scores.items()}
 
 

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -28,7 +29,7 @@ import torchmetrics as tm
 from transformers import AutoModelForTokenClassification
 
 from lmforge.data.conll import from_iob2
-from lmforge.tasks.base import TaskModule, as_records
+from lmforge.tasks.base import TaskModule, as_records, batched, length_order, predict_stats
 from lmforge.tasks.token_classification.alignment import IGNORE
 from lmforge.tasks.token_classification.metrics import EntityScores, simple_entities, tagged_text
 
@@ -81,6 +82,17 @@ class TokenClassificationModule(TaskModule):
         metrics["entities"].update(sentence[mask], word[mask], labels[mask], preds[mask])
         metrics["loss"].update(loss, weight=max(1, int((labels != IGNORE).sum())))
 
+    def evaluation_figures(self, stage: str) -> dict[str, dict]:
+        """F1 per entity type of the last ``stage`` evaluation (seqeval), as plain data for the run's pictures."""
+        metric = self.metrics[stage]["entities"] if self.metrics is not None else None
+        scores = getattr(metric, "last_scores", None) or {}
+        values = {t: scores[f"f1_{t}"] for t in getattr(metric, "types", []) if f"f1_{t}" in scores}
+        if not values:
+            return {}
+        if "f1" in scores:
+            values["(all, micro)"] = scores["f1"]
+        return {"f1_per_type": {"kind": "bars", "values": values, "title": "entity F1 per type", "xlabel": "F1"}}
+
     # -- evaluation files --------------------------------------------------------------------
     def _test_dataset(self) -> Any:
         loaders = self.trainer.test_dataloaders
@@ -107,24 +119,29 @@ class TokenClassificationModule(TaskModule):
     def predict(self, inputs: Sequence[Mapping[str, Any] | str], datamodule: Any, batch_size: int = 64) -> list[dict]:
         """Records ``{text, tagged, entities}`` for raw texts; ``entities`` as the served export finds them."""
         records = as_records(inputs, datamodule.input_fields)
+        start_time = time.perf_counter()
         examples = datamodule.encode_inputs(records)
+        order = length_order(examples)  # longest first: little padding per batch; results go back in input order
         id2label = self.id2label
         was_training = self.training
         self.eval()
-        out: list[dict] = []
+        out: list[dict] = [{} for _ in examples]
         try:
-            for start in range(0, len(examples), batch_size):
-                part = examples[start: start + batch_size]
-                batch = datamodule.collate([{k: e[k] for k in MODEL_KEYS if k in e} for e in part])
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                logits = self(batch).logits.float().cpu().numpy()
-                for j, ex in enumerate(part):
-                    text = records[start + j]["text"]
-                    n = len(ex["input_ids"])
-                    ents = simple_entities(logits[j, :n], ex["offsets"], ex["special"], text, id2label)
-                    out.append({"tagged": tagged_text(text, ents), "entities": ents})
+            with torch.inference_mode():
+                for chunk in batched(order, batch_size):
+                    part = [examples[i] for i in chunk]
+                    batch = datamodule.collate([{k: e[k] for k in MODEL_KEYS if k in e} for e in part])
+                    batch = {k: v.to(self.device) for k, v in batch.items()}
+                    logits = self(batch).logits.float().cpu().numpy()
+                    for j, (i, ex) in enumerate(zip(chunk, part)):
+                        text = records[i]["text"]
+                        n = len(ex["input_ids"])
+                        ents = simple_entities(logits[j, :n], ex["offsets"], ex["special"], text, id2label)
+                        out[i] = {"tagged": tagged_text(text, ents), "entities": ents}
         finally:
             self.train(was_training)
+        self.predict_stats = predict_stats(len(records), time.perf_counter() - start_time, batch_size)
+        self.predict_order = order
         return [{**r, **p} for r, p in zip(records, out)]
 
     # -- serving -----------------------------------------------------------------------------
