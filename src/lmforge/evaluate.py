@@ -89,6 +89,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     quiet()
     install_log_redaction()
+    from lmforge.faults import check_devices
+
+    check_devices(cfg, key="devices", devices=cfg.get("devices"))  # before the checkpoint or any data is read
     run, ckpt_path = find_run(cfg)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,8 +131,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.predict.get("file"):
         inputs += datamodule.read_inputs(cfg.predict.file)
     if inputs:
-        records = module.predict(inputs, datamodule)
+        size = cfg.predict.get("batch_size")  # null: the task's default (64; 16 for generating tasks)
+        records = module.predict(inputs, datamodule, **({"batch_size": int(size)} if size else {}))
         print_predictions(records, "predictions")
+        stats = getattr(module, "predict_stats", None)
+        if stats:  # texts/s of the last predict call (encoding included)
+            print(f"predicted {stats['texts']} inputs in {stats['seconds']:.2f} s: "
+                  f"{stats['texts_per_sec']:.1f} texts/s (batch {stats['batch_size']})")
+            metrics.update({f"predict/{k}": v for k, v in stats.items()})
         dest = Path(cfg.predict.output) if cfg.predict.get("output") else out / "predictions.jsonl"
         files = module.write_predictions(records, dest)
         log.info("wrote %d predictions to %s", len(records), ", ".join(map(str, files)))

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lmforge.callbacks import build_callbacks
 from lmforge.callbacks.final_validation import validate_if_missing
 from lmforge.checkpoints import fit_checkpoint_kwargs, load_checkpoint, register_safe_globals
+from lmforge.faults import check_devices, disk_full_errors
 from lmforge.loggers import build_loggers, finish_loggers, log_table, start_loggers
 from lmforge.strategies import full_state_dict
 from lmforge.sweeps import assign_device_for_job
@@ -45,6 +46,8 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     # tasks that can train their own tokenizer (pretraining) accept a model that names none
     tokenizer = tokenizer_source(cfg.model, required=cfg.task.get("tokenizer_required", True))
     data = {k: v for k, v in cfg.data.items() if k not in RUN_DATA_KEYS}
+    if data.get("source") == "litdata":  # chunks written by lmforge-prepare: the task's datamodule reading them
+        data.update(_target_="lmforge.data.litdata_source.build", target=cfg.task.datamodule._target_)
     return _instantiate(cfg.task.datamodule, **data, tokenizer=tokenizer, seed=cfg.seed,
                         trust_remote_code=trust_remote_code(cfg.model), _convert_="object")
 
@@ -59,6 +62,9 @@ def build_module(cfg: DictConfig, facts: dict | None = None) -> L.LightningModul
         from lmforge.models.factory import trust_remote_code
 
         module = distill(module, cfg.distill, trust_remote_code=trust_remote_code(cfg.model))
+    from lmforge.tasks.base import compile_options
+
+    module.compile_options = compile_options(cfg.get("trainer"))  # trainer.compile: applied in configure_model
     return module
 
 
@@ -78,8 +84,15 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
     accumulate = global_batch_accumulation(cfg)  # data.global_batch_size over this many processes
     if accumulate is not None:
         kwargs["accumulate_grad_batches"] = accumulate
-    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                   strategy=build_strategy(cfg), **kwargs, _convert_="object")
+    from lmforge.faults import guard_checkpoint_writes, nan_guard, split_trainer_config
+
+    trainer_cfg, own = split_trainer_config(cfg.trainer)  # trainer.detect_nan & co. are lmforge's, not L.Trainer's
+    guard = nan_guard(own)
+    trainer = hydra.utils.instantiate(trainer_cfg, callbacks=[*callbacks, *([guard] if guard else [])],
+                                      logger=loggers or False, strategy=build_strategy(cfg), **kwargs,
+                                      _convert_="object")
+    guard_checkpoint_writes(trainer)  # a full disk: `disk full while writing <checkpoint>`
+    return trainer
 
 
 def _instantiate(node: DictConfig, **kwargs: Any) -> Any:
@@ -108,49 +121,18 @@ def _save_json(path: Path, obj: Any) -> None:
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """``ckpt_path``: a checkpoint file (or FSDP2 sharded folder), or ``last``: the newest ``last.ckpt`` of
-    this task's earlier runs (``<paths.log_dir>/<task_name>/runs/*/checkpoints/last.ckpt``, this run excluded)."""
-    from lmforge.utils.errors import ConfigError
+    """``ckpt_path``: a checkpoint file (or FSDP2 sharded folder), or ``last``: the newest good checkpoint of this
+    task's earlier runs with this model and data; checked (whole, safe to load) before any data is read.
+    See :func:`lmforge.checkpoints.resolve_ckpt_path`."""
+    from lmforge.checkpoints import resolve_ckpt_path as resolve
 
-    ckpt = cfg.get("ckpt_path")
-    if not ckpt:
-        return None
-    if str(ckpt) != "last":
-        p = Path(ckpt).expanduser()
-        if p.is_dir() and (p / "meta.pt").is_file():
-            name = str((cfg.get("strategy") or {}).get("name", "auto"))
-            if name != "fsdp":
-                raise ConfigError(f"ckpt_path={ckpt} is an FSDP2 sharded checkpoint folder: resume it with "
-                                  f"strategy=fsdp (this run has strategy={name}); eval.py reads it in one process")
-            return str(p)
-        if not p.is_file():
-            raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint file (or sharded checkpoint folder)")
-        return str(p)
-    runs = Path(cfg.paths.log_dir) / str(cfg.task_name) / "runs"
-    here = Path(cfg.paths.output_dir).resolve()
-    found = [p for p in runs.glob("*/checkpoints/last.ckpt") if p.resolve().parents[1] != here]
-    if not found:
-        raise FileNotFoundError(f"ckpt_path=last: no earlier run of {cfg.task_name} has a checkpoints/last.ckpt under {runs}")
-    # the newest run that trained this model on this data: a run of another corpus or size cannot continue here
-    same = [p for p in found if _same_model_and_data(cfg, p.parents[1] / "config.yaml")]
-    if not same:
-        newest = max(found, key=lambda p: p.stat().st_mtime)
-        raise ConfigError(f"ckpt_path=last: no earlier run of {cfg.task_name} under {runs} has this run's model and "
-                          f"data config (the newest, {newest.parents[1].name}, differs); pass ckpt_path=<file>")
-    newest = max(same, key=lambda p: p.stat().st_mtime)
-    log.info("ckpt_path=last: resuming from %s", newest)
-    if rank_zero_only.rank == 0:
-        print(f"resuming from {newest}")
-    return str(newest)
+    return resolve(cfg)
 
 
 def _same_model_and_data(cfg: DictConfig, saved: Path) -> bool:
-    try:
-        old = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
-    except Exception:
-        return False
-    now = OmegaConf.to_container(cfg, resolve=True)
-    return all(old.get(k) == now.get(k) for k in ("model", "data"))
+    from lmforge.checkpoints import same_model_and_data
+
+    return same_model_and_data(cfg, saved)
 
 
 def prepare_run(cfg: DictConfig) -> Path:
@@ -186,6 +168,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     env_before = dict(os.environ)
     try:
         return _train(cfg)
+    except BaseException:
+        from lmforge.faults import bound_exit
+
+        bound_exit()  # a failing rank of a distributed run ends within 30 s, whatever its cleanup waits for
+        raise
     finally:
         end_job(env_before)
 
@@ -210,6 +197,10 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     t0 = time.time()
     assign_device_for_job(cfg)  # joblib sweeps on GPUs: this job's own device, before CUDA starts
     check_config(cfg)
+    check_devices(cfg)  # trainer.devices against this machine's CPU cores / GPUs
+    from lmforge.tasks.base import compile_options
+
+    compile_options(cfg.get("trainer"))  # a bad trainer.compile value, or no C++ compiler for it, before any data is read
     if cfg.get("distill"):  # the distillation settings and the teacher's location, before any data is read
         from lmforge.distill import check_distill
 
@@ -267,7 +258,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("export", True):
         state = full_state_dict(module.trainable())  # FSDP2: gathered on every rank (a collective), else None
         if trainer.is_global_zero:
-            folder = module.export(out / "export", tokenizer=datamodule.tokenizer, state_dict=state)
+            with disk_full_errors(out / "export", f"; the checkpoints under {out / 'checkpoints'} are intact"):
+                folder = module.export(out / "export", tokenizer=datamodule.tokenizer, state_dict=state)
             log.info("exported a Hugging Face model to %s", folder)
 
     inputs = list((cfg.get("predict") or {}).get("texts") or [])
@@ -285,6 +277,10 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     _save_json(out / "metrics.json", {**metrics, **({"best_checkpoint": best} if best else {})})
     ckpt_cb = getattr(trainer, "checkpoint_callback", None)
     finish_loggers(loggers, metrics, cfg.task.get("monitor"), ckpt_cb.best_model_score if ckpt_cb else None)
+    if trainer.is_global_zero and not trainer.fast_dev_run:  # <run>/report.md: command, config, metrics, pictures, export
+        from lmforge.reports.run_report import write_run_report
+
+        write_run_report(cfg, out, task_cls=type(module))
     return metrics
 
 

@@ -23,6 +23,21 @@ from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.callbacks.progress import ProgressBar
 
 
+def with_train_loss(metrics: dict[str, Any], trainer: L.Trainer) -> dict[str, Any]:
+    """``metrics`` with ``train/loss`` first (read from the device now, not after every batch)."""
+    loss = trainer.callback_metrics.get("train/loss")
+    if loss is not None and "train/loss" not in metrics:
+        metrics = {"train/loss": float(loss), **metrics}
+    return metrics
+
+
+class LossRichProgressBar(RichProgressBar):
+    """Lightning's rich bar, showing ``train/loss`` (logged without ``prog_bar``) at each refresh."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        return with_train_loss(super().get_metrics(trainer, pl_module), trainer)
+
+
 def progress_bar(kind: str = "auto", refresh_rate: int = 1, every_n_steps: int = 20, **rich_kwargs: Any) -> ProgressBar:
     """``kind``: ``rich`` (a live bar), ``plain`` (a line every ``every_n_steps`` optimizer steps) or
     ``auto``: rich when stdout is a terminal, else plain."""
@@ -30,7 +45,7 @@ def progress_bar(kind: str = "auto", refresh_rate: int = 1, every_n_steps: int =
     if kind == "auto":
         kind = "rich" if _is_terminal(sys.stdout) else "plain"
     if kind == "rich":
-        return RichProgressBar(refresh_rate=refresh_rate, **rich_kwargs)
+        return LossRichProgressBar(refresh_rate=refresh_rate, **rich_kwargs)
     if kind == "plain":
         return PlainProgressBar(every_n_steps=every_n_steps)
     from lmforge.utils.errors import ConfigError
@@ -91,6 +106,11 @@ class PlainProgressBar(ProgressBar):
     def _say(self, line: str) -> None:
         if self._enabled:
             print(line, file=sys.stdout, flush=True)
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """The progress-bar metrics and ``train/loss``: tasks log it without ``prog_bar`` (Lightning would
+        read it back to the host after every batch); read here, only when a line is printed."""
+        return with_train_loss(super().get_metrics(trainer, pl_module), trainer)
 
     # training
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

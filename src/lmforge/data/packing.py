@@ -11,6 +11,7 @@ in, packed blocks out.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -21,8 +22,16 @@ import torch
 from torch.utils.data import Dataset
 
 from lmforge.data.datamodule import LMForgeDataModule
-from lmforge.data.text_corpus import DOC_SEPARATORS, documents_from_rows, read_documents
+from lmforge.data.cache import CacheError
+from lmforge.data.sources import SplitRows
+from lmforge.data.splits import carve_mask
+from lmforge.data.text_corpus import (DOC_SEPARATORS, CorpusDocuments, documents_from_rows, read_documents,
+                                      token_ids)
+from lmforge.data.token_store import TOKENS_SUFFIX, TokenBlocks, default_workers, eval_subset, processes_for, write_tokens
+from lmforge.utils import progress
 from lmforge.utils.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 DTYPE = np.int32  # token ids fit in int32 for any real vocabulary; halves memory against int64
 
@@ -129,35 +138,6 @@ def separator_id(tokenizer: Any) -> int | None:
     return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
 
 
-def pack_documents(docs: Sequence[str], tokenizer: Any, block_size: int, limit: int | None = None) -> np.ndarray:
-    """Tokenize ``docs`` (no special tokens) and pack them, the separator after each; at most ``limit`` blocks
-    (tokenizing stops once they are filled)."""
-    sep = separator_id(tokenizer)
-    ids: list[list[int]] = []
-    total = 0
-    for start in range(0, len(docs), 1024):
-        chunk = tokenizer(list(docs[start: start + 1024]), add_special_tokens=False)["input_ids"]
-        ids.extend(chunk)
-        total += sum(len(x) + 1 for x in chunk)
-        if limit is not None and total >= (limit + 1) * block_size:
-            break
-    blocks = pack_sequences(ids, block_size, sep)
-    return blocks[:limit] if limit is not None else blocks
-
-
-class BlockDataset(Dataset):
-    """``blocks[i]`` as ``{"input_ids": LongTensor[block_size]}``."""
-
-    def __init__(self, blocks: np.ndarray):
-        self.blocks = blocks
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": torch.from_numpy(np.asarray(self.blocks[i]).astype(np.int64))}
-
-
 class PackedTextDataModule(LMForgeDataModule):
     """Documents -> packed blocks, the data of both pretraining tasks (their datamodules add what differs:
     the tokenizer they train, masking, prediction inputs, model facts).
@@ -165,7 +145,12 @@ class PackedTextDataModule(LMForgeDataModule):
     Documents come from text files (``data.doc_separator``: blank_line, line or file), a hub split's
     ``data.text_column``, or the embedded corpus (``samples/<name>/train.txt``). Each split is tokenized
     without special tokens and packed into ``data.block_size`` blocks, an end-of-document token after
-    every document, no padding (validation and test: at most ``data.max_eval_blocks``).
+    every document, no padding. The tokens are written once into the token store
+    (:mod:`lmforge.data.token_store`: one flat uint16/uint32 file per split, memory-mapped, read by block
+    index), tokenized in ``data.tokenize_workers`` processes; text files are read document by document
+    (never held whole), so neither tokenizing nor training grows the process's memory with the corpus.
+    Validation and test are evaluated on ``data.max_eval_blocks`` blocks drawn once by ``data.split_seed``
+    (the same blocks at every validation; null: the whole split).
     ``data.streaming=true`` streams the training files instead of caching them
     (:mod:`lmforge.data.streaming`): sharded over ranks and workers, the carved validation documents
     never streamed. Training batches are whole blocks (``drop_last``: every batch full).
@@ -174,13 +159,21 @@ class PackedTextDataModule(LMForgeDataModule):
     file_key = "files"
     file_suffixes = (".txt",)
     drop_last = True
+    progress_unit = "documents"  # what the "tokenizing <split>" stage counts
 
     def __init__(self, train_files: Any = None, validation_files: Any = None, test_files: Any = None,
                  text_column: str = "text", doc_separator: str = "blank_line", block_size: int = 128,
                  max_eval_blocks: int | None = None, shuffle_buffer: int = 0, validation_fraction: float = 0.05,
-                 batch_size: int = 16, sample: str = "tales", **common: Any):
+                 batch_size: int = 16, sample: str = "tales", tokenize_workers: int | None = None, **common: Any):
         if doc_separator not in DOC_SEPARATORS:
             raise ConfigError(f"data.doc_separator={doc_separator}: expected {', '.join(DOC_SEPARATORS)}")
+        if max_eval_blocks is not None and max_eval_blocks < 1:
+            raise ConfigError(f"data.max_eval_blocks={max_eval_blocks}: expected at least 1 block, or null "
+                              "(evaluate the whole split)")
+        try:
+            self.tokenize_workers = default_workers(tokenize_workers)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         self.text_column, self.doc_separator = text_column, doc_separator
         self.block_size, self.max_eval_blocks, self.shuffle_buffer = block_size, max_eval_blocks, shuffle_buffer
         super().__init__(files={"train": train_files, "validation": validation_files, "test": test_files},
@@ -194,7 +187,45 @@ class PackedTextDataModule(LMForgeDataModule):
         return {"text_column": self.text_column, "doc_separator": self.doc_separator}
 
     def settings(self) -> dict:
-        return {**self.text_settings(), "block_size": self.block_size, "max_eval_blocks": self.max_eval_blocks}
+        # not max_eval_blocks (the subset is drawn when the split is loaded) nor tokenize_workers (same bytes):
+        # changing either reuses the tokens
+        return {**self.text_settings(), "block_size": self.block_size, "store": "flat-v1"}
+
+    def read_splits(self) -> dict[str, SplitRows]:
+        """Text files (local or the embedded sample) are read lazily: each split is a
+        :class:`~lmforge.data.text_corpus.CorpusDocuments` that streams its documents from the files whenever
+        it is iterated, the validation split carved by position (:func:`~lmforge.data.splits.carve_mask`, the
+        rule of the in-memory carve). Hub splits, streaming and sample limits read as every task does."""
+        if (self.source == "hub" or self.streaming or self.max_train_samples is not None
+                or self.max_eval_samples is not None):
+            return super().read_splits()
+        raw: dict[str, SplitRows] = {}
+        for split, paths in self.files.items():
+            if not paths:
+                continue
+            origin = ", ".join(map(str, paths))
+            docs = CorpusDocuments(paths, self.doc_separator)
+            try:
+                n = sum(1 for _ in progress.track(iter(docs), f"counting documents in {progress.short_origin(origin)}",
+                                                  unit="documents"))
+            except ValueError as e:  # a decode error names the file and the byte offset
+                raise DataError(str(e)) from None
+            docs._count = n
+            if n == 0:
+                raise DataError(f"empty corpus: no text in {origin} ({self._key(split)})")
+            raw[split] = SplitRows(docs, origin)  # type: ignore[arg-type]
+        if "validation" not in raw and self.validation_fraction > 0 and "train" in raw:
+            train = raw["train"]
+            try:
+                mask = carve_mask(len(train.rows), self.validation_fraction, self.split_seed)
+            except ValueError as e:
+                raise DataError(f"{train.origin}: {e}") from None
+            log.info("no validation split: carved %d of %d documents out of %s (data.validation_fraction=%s, "
+                     "data.split_seed=%s)", int(mask.sum()), len(mask), train.origin, self.validation_fraction,
+                     self.split_seed)
+            raw["validation"] = SplitRows(train.rows.subset(mask), train.origin)  # type: ignore[attr-defined]
+            train.rows = train.rows.subset(~mask)  # type: ignore[attr-defined]
+        return raw
 
     def read_file(self, paths: list[Path], key: str) -> list[str]:
         try:
@@ -222,16 +253,55 @@ class PackedTextDataModule(LMForgeDataModule):
         return {"block_size": self.block_size, "separator_id": separator_id(tok), "vocab_size": len(tok),
                 "documents": {s: len(d.rows) for s, d in raw.items()}}
 
-    def encode_split(self, split: str, data: Any, meta: dict) -> dict[str, np.ndarray]:
-        blocks = pack_documents(data.rows, self.tokenizer, self.block_size, None if split == "train" else self.max_eval_blocks)
-        if len(blocks) == 0:
-            n = sum(len(x) for x in self.tokenizer(list(data.rows[:1000]), add_special_tokens=False)["input_ids"])
-            raise DataError(f"the {split} split has about {n} tokens, fewer than one block of "
+    def encode_split(self, split: str, data: Any, meta: dict) -> dict[str, Any]:
+        """Write the split's tokens into the token store (``<split>.tokens.bin`` in the cache entry); the cache
+        keeps the documents' start offsets and the store's description."""
+        rows = data.rows
+        n_chars = rows.n_chars() if isinstance(rows, CorpusDocuments) else sum(len(d) for d in rows)
+        processes = processes_for(n_chars, self.tokenize_workers)
+        path = self.cache.dir / f"{split}{TOKENS_SUFFIX}"
+        try:
+            info = write_tokens(path, rows, self.tokenizer, separator_id(self.tokenizer), processes)
+        except ValueError as e:  # a decode error (file, byte offset) or an id too large for the store
+            raise DataError(str(e)) from None
+        n_blocks = info["n_tokens"] // self.block_size
+        if n_blocks == 0:
+            path.unlink(missing_ok=True)
+            n_text = info["n_tokens"] - len(info["doc_starts"])  # without the end-of-document tokens
+            raise DataError(f"the {split} split has about {n_text} tokens, fewer than one block of "
                             f"data.block_size={self.block_size}; use more text or a smaller data.block_size")
-        return {"blocks": blocks}
+        store = {"file": path.name, "dtype": info["dtype"], "n_tokens": info["n_tokens"],
+                 "block_size": self.block_size, "n_blocks": n_blocks}
+        return {"store": store, "doc_starts": info["doc_starts"]}
+
+    def split_size(self, arrays: Mapping[str, Any]) -> int:
+        return int(arrays["store"]["n_blocks"])
+
+    def _store(self, split: str, arrays: Mapping[str, Any]) -> TokenBlocks:
+        s = arrays.get("store")
+        if not isinstance(s, dict) or s.get("block_size") != self.block_size:
+            raise CacheError(f"{self.cache.dir}: the {split} split is not a token store of "
+                             f"data.block_size={self.block_size}")
+        try:
+            return TokenBlocks(self.cache.dir / str(s["file"]), s["dtype"], s["n_tokens"], self.block_size)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise CacheError(f"{self.cache.dir}: the {split} token store does not check out ({e})") from None
+
+    def _ready(self) -> bool:
+        if not super()._ready():
+            return False
+        try:  # every split's token file is there, of the size its manifest says
+            for split in self.cache.load_meta()["sizes"]:
+                self._store(split, self.cache.load(split))
+        except CacheError:
+            return False
+        return True
 
     def make_dataset(self, split: str, arrays: Mapping[str, Any]) -> Dataset:
-        return BlockDataset(arrays["blocks"])
+        ds = self._store(split, arrays)
+        if split != "train":  # evaluation: a fixed, seeded subset of the blocks (the same at every validation)
+            ds.indices = eval_subset(ds.n_blocks, self.max_eval_blocks, self.split_seed)
+        return ds
 
     def stream_dataset(self, paths: list[Path], skip: dict[str, np.ndarray]) -> Any:
         from lmforge.data.streaming import StreamingPackedDataset
@@ -253,5 +323,5 @@ class PackedTextDataModule(LMForgeDataModule):
         return facts
 
 
-def _token_ids(tokenizer: Any, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+def _token_ids(tokenizer: Any, text: str) -> list[int] | np.ndarray:
+    return token_ids(tokenizer, text)

@@ -288,7 +288,7 @@ class DistillMixin:
         if transfer is not None:
             terms["transfer_kd"] = self.distill_losses(transfer, labelled=False)["kd"]
         total = sum(w["kd" if k == "transfer_kd" else k] * v for k, v in terms.items())
-        self.log("train/loss", total, prog_bar=True, batch_size=bs)
+        self.log("train/loss", total, batch_size=bs)  # not prog_bar: no host sync per step (see TaskModule)
         for k, v in terms.items():
             self.log(f"train/distill_{k}", v.detach(), batch_size=bs)
         if self.teacher_cache is not None:

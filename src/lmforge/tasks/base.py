@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -171,6 +172,8 @@ class TaskModule(L.LightningModule):
         self.stage_prefix = {"val": "val", "test": "test"}
         # where the test loop writes the task's evaluation files (train(): the run dir; eval.py: its output dir)
         self.eval_output_dir: Path | None = None
+        # trainer.compile: torch.compile options for the trainable model (see compile_options), None: eager
+        self.compile_options: dict | None = None
 
     # -- model(s) ----------------------------------------------------------------------------
     def model_facts(self) -> dict:
@@ -210,6 +213,10 @@ class TaskModule(L.LightningModule):
 
                 fully_shard_model(self.trainable(), self.device_mesh,
                                   reshard_after_forward=self.sharding.get("reshard_after_forward", True))
+            if self.compile_options:
+                # in place (nn.Module.compile): the module and its state_dict keys stay the same (no `_orig_mod.`),
+                # so checkpoints and the export are those of an eager run; DDP/FSDP wrap the compiled module
+                self.trainable().compile(**self.compile_options)
         if self.metrics is None:
             self.metrics = torch.nn.ModuleDict({s: self.make_metrics() for s in STAGES})
 
@@ -251,7 +258,9 @@ class TaskModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(self(batch), batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=self.batch_size_of(batch))
+        # not prog_bar: Lightning turns progress-bar values into numbers after every batch (a host sync per
+        # step); the progress line reads train/loss from callback_metrics only when it prints
+        self.log("train/loss", loss, batch_size=self.batch_size_of(batch))
         return loss
 
     # -- metrics -----------------------------------------------------------------------------
@@ -305,7 +314,14 @@ class TaskModule(L.LightningModule):
 
         model = self.trainable()
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        optimizer = build_optimizer(params, self.optimizer_cfg, sharded=is_sharded(model))
+        cfg = dict(self.optimizer_cfg)
+        if cfg.get("fused", None) is None and "fused" in cfg and self._trainer is not None \
+                and getattr(self.trainer.precision_plugin, "scaler", None) is not None \
+                and (self.trainer.gradient_clip_val or 0) > 0:
+            # 16-mixed scales the loss: a fused optimizer unscales inside its step, after clipping would have
+            # seen scaled gradients, so Lightning refuses the pair; the auto choice is the unfused optimizer
+            cfg["fused"] = False
+        optimizer = build_optimizer(params, cfg, sharded=is_sharded(model))
         sch = self.scheduler_cfg
         # the schedule's length: the run's own optimizer steps, unless set (a run that will be continued)
         total = int(sch.get("total_steps") or self.trainer.estimated_stepping_batches)
@@ -314,27 +330,47 @@ class TaskModule(L.LightningModule):
             optimizer, lr_lambda(sch.get("name", "linear"), warmup, total, sch.get("min_lr_ratio", 0.0)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+
+        plugin = self.trainer.precision_plugin
+        if type(plugin) is MixedPrecision and plugin.scaler is None and gradient_clip_val:
+            # bf16-mixed has no loss scaler, so a fused optimizer has nothing to unscale and its gradients clip
+            # as in 32-bit; Lightning's MixedPrecision refuses fused optimizers whatever the dtype: clip here
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     # -- prediction --------------------------------------------------------------------------
     def predict_batch(self, batch: Mapping[str, torch.Tensor], datamodule: Any) -> list[dict]:
         """One record (the :attr:`prediction_fields`) per example of a collated batch."""
         raise ConfigError(f"task {type(self).__name__} does not predict on raw inputs")
 
-    @torch.no_grad()
     def predict(self, inputs: Sequence[Mapping[str, Any] | str], datamodule: Any, batch_size: int = 64) -> list[dict]:
-        """Records for raw inputs: each input's fields followed by the prediction's."""
+        """Records for raw inputs, in the inputs' order: each input's fields followed by the prediction's.
+
+        The encoded inputs run longest first in batches of ``batch_size`` (similar lengths share a batch, so
+        little padding) under ``torch.inference_mode``; :attr:`predict_stats` holds texts/s afterwards."""
         records = as_records(inputs, datamodule.input_fields)
+        start_time = time.perf_counter()
         examples = datamodule.encode_inputs(records)
+        order = length_order(examples)
         was_training = self.training
         self.eval()
-        out: list[dict] = []
+        out: list[dict | None] = [None] * len(examples)
         try:
-            for start in range(0, len(examples), batch_size):
-                batch = datamodule.collate(examples[start: start + batch_size])
-                batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                out.extend(self.predict_batch(batch, datamodule))
+            with torch.inference_mode():
+                for chunk in batched(order, batch_size):
+                    batch = datamodule.collate([examples[i] for i in chunk])
+                    batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                    for i, p in zip(chunk, self.predict_batch(batch, datamodule)):
+                        out[i] = p
         finally:
             self.train(was_training)
-        return [{**r, **p} for r, p in zip(records, out)]
+        self.predict_stats = predict_stats(len(records), time.perf_counter() - start_time, batch_size)
+        self.predict_order = order
+        return [{**r, **(p or {})} for r, p in zip(records, out)]
 
     def write_predictions(self, records: Sequence[Mapping[str, Any]], path: str | Path) -> list[Path]:
         """``path`` (JSON lines, strict JSON: NaN and infinities become null) and, beside it, the field's own
@@ -373,6 +409,67 @@ class TaskModule(L.LightningModule):
     @classmethod
     def records_from_pipeline(cls, pipe: Any, inputs: Sequence[Mapping[str, Any] | str], **kwargs: Any) -> list[dict]:
         raise NotImplementedError
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_options(trainer_cfg: Mapping | None) -> dict | None:
+    """``torch.compile`` keyword arguments from ``trainer.compile`` (true/false, default false) and
+    ``trainer.compile_mode`` (null: torch's default); None when off. Raises ConfigError for other values and,
+    on a CPU, when no C++ compiler is found (``$CXX``, ``c++``, ``g++`` or ``clang++``): inductor needs one."""
+    trainer_cfg = trainer_cfg or {}
+    value = trainer_cfg.get("compile", False)
+    flag = str(value).lower()
+    if value is None or flag in ("false", "0", "off", "no"):
+        return None
+    if flag not in ("true", "1", "on", "yes"):
+        raise ConfigError(f"trainer.compile={value}: expected true or false")
+    mode = trainer_cfg.get("compile_mode")
+    if mode is not None and str(mode) not in COMPILE_MODES:
+        raise ConfigError(f"trainer.compile_mode={mode}: expected null or one of {', '.join(COMPILE_MODES)}")
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu:
+        import os
+        import shutil
+
+        compilers = [c for c in (os.environ.get("CXX"), "c++", "g++", "clang++") if c]
+        if not any(shutil.which(c) for c in compilers):
+            raise ConfigError("trainer.compile=true: torch.compile on a CPU builds C++ kernels and no C++ compiler "
+                              "was found (looked for $CXX, c++, g++, clang++); install one (e.g. apt-get install "
+                              "g++) or set trainer.compile=false")
+    return {"mode": None if mode is None else str(mode)}
+
+
+def batched(items: Sequence[int], size: int) -> list[list[int]]:
+    """``items`` in consecutive chunks of ``size`` (the last one shorter)."""
+    if int(size) < 1:
+        raise ConfigError(f"predict.batch_size={size}: expected a whole number >= 1")
+    return [list(items[i: i + int(size)]) for i in range(0, len(items), int(size))]
+
+
+def example_length(example: Mapping[str, Any]) -> int:
+    """Tokens of an encoded input (all windows of a question-answering input)."""
+    if "windows" in example:
+        return sum(example_length(w) for w in example["windows"])
+    ids = example.get("input_ids")
+    return len(ids) if ids is not None and hasattr(ids, "__len__") else 0
+
+
+def length_order(examples: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Indices of ``examples``, longest first (ties keep their input order)."""
+    lengths = [example_length(e) for e in examples]
+    return sorted(range(len(examples)), key=lambda i: -lengths[i])
+
+
+def predict_stats(n: int, seconds: float, batch_size: int) -> dict[str, float]:
+    """Prediction throughput (encoding included): inputs, seconds, texts/s, batch size."""
+    seconds = max(seconds, 1e-9)
+    stats = {"texts": n, "seconds": round(seconds, 4), "texts_per_sec": round(n / seconds, 2), "batch_size": batch_size}
+    log.info("predicted %d inputs in %.2f s (%.1f texts/s, batch %d, longest first)", n, seconds, n / seconds,
+             batch_size)
+    return stats
 
 
 def as_records(inputs: Sequence[Mapping[str, Any] | str], fields: Sequence[str]) -> list[dict]:

@@ -9,9 +9,11 @@ The path of a run's data (the steps shared with masked LM are in
    ``data.validation_fraction`` of the documents is carved out, seeded by ``data.split_seed``;
 2. the tokenizer: the model's own, or a byte-level BPE trained on the training documents
    (``data.tokenizer_training``, cached by the data, the split, streaming and the model's context);
-3. every split tokenized once, an end-of-document token after each document, packed into
-   ``data.block_size``-token blocks: no padding, so batches are ``{"input_ids"}`` only and the
-   labels are the inputs (shifted inside the model's loss);
+3. every split tokenized once (in ``data.tokenize_workers`` processes) into the token store, one
+   flat memory-mapped file (:mod:`lmforge.data.token_store`), an end-of-document token after each
+   document, read as ``data.block_size``-token blocks: no padding, so batches are ``{"input_ids"}``
+   only and the labels are the inputs (shifted inside the model's loss); validation and test on a
+   fixed subset of at most ``data.max_eval_blocks`` blocks, drawn by ``data.split_seed``;
 4. training batches from the resumable sampler (a step-based run is one pass over a stream of
    reshuffled data epochs that a resumed run continues exactly), or streamed
    (``data.streaming=true``).

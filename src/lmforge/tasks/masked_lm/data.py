@@ -8,8 +8,9 @@ The path of a run's data (the steps shared with causal LM are in
    ``data.split_seed`` when none is given;
 2. the tokenizer: the model's own (it needs a mask token), or a WordPiece trained on the training
    documents (``data.tokenizer_training``);
-3. every split tokenized once and packed into ``data.block_size`` blocks, ``[SEP]`` (or eos)
-   between documents;
+3. every split tokenized once into the token store (:mod:`lmforge.data.token_store`, one flat
+   memory-mapped file) and read as ``data.block_size`` blocks, ``[SEP]`` (or eos) between documents;
+   validation and test on a fixed subset of at most ``data.max_eval_blocks`` blocks;
 4. masking: training masks are dynamic (80/10/10, ``data.mlm_probability``, optional
    ``data.whole_word_masking``), drawn in ``on_before_batch_transfer`` from a generator seeded by
    ``(seed, rank, batch number)``: fresh masks every step, yet a resumed run draws exactly the masks

@@ -124,7 +124,13 @@ class SentenceEmbeddingModule(TaskModule):
     @torch.no_grad()
     def predict(self, inputs: Sequence[Mapping[str, Any] | str], datamodule: Any, batch_size: int = 64) -> list[dict]:
         self._embeddings = []
-        return super().predict(inputs, datamodule, batch_size)
+        records = super().predict(inputs, datamodule, batch_size)
+        if len(self._embeddings) == len(self.predict_order):  # computed longest first: back to the inputs' order
+            ordered: list = [None] * len(self._embeddings)
+            for pos, i in enumerate(self.predict_order):
+                ordered[i] = self._embeddings[pos]
+            self._embeddings = ordered
+        return records
 
     def predict_batch(self, batch: Mapping[str, torch.Tensor], datamodule: Any) -> list[dict]:
         out = {k: v.float().cpu() for k, v in self(batch).items()}
