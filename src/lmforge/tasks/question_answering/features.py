@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from lmforge.utils import progress
 from lmforge.utils.errors import ConfigError, DataError
 
 #: the HF config attribute that carries the window and post-processing settings into an export
@@ -107,6 +108,7 @@ def encode_windows(tokenizer: Any, questions: Sequence[str], contexts: Sequence[
         enc = tokenizer(qs, cs, truncation="only_second", max_length=max_length, stride=doc_stride,
                         return_overflowing_tokens=True, return_offsets_mapping=True, padding=False)
         kept = [answers is None or answers[base + i] is None for i in range(len(qs))]
+        progress.advance(len(qs))  # the datamodule's "tokenizing <split>" stage, when one is open
         for f, ids in enumerate(enc["input_ids"]):
             local = int(enc["overflow_to_sample_mapping"][f])
             ex = base + local

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from lmforge.utils import progress
+
 IGNORE = -100
 
 
@@ -108,6 +110,7 @@ def subtokens(tokenizer: Any, sentences: Sequence[Sequence[str]]) -> tuple[list[
         part = [list(s) for s in sentences[start: start + chunk]]
         enc = tokenizer(part, is_split_into_words=True, add_special_tokens=False, return_attention_mask=False,
                         return_token_type_ids=False, verbose=False)
+        progress.advance(len(part))  # the datamodule's "tokenizing <split>" stage, when one is open
         for i, words in enumerate(part):
             ids, wids = list(enc["input_ids"][i]), list(enc.word_ids(i))
             missing = set(range(len(words))) - set(wids)
