@@ -65,8 +65,9 @@ def load_run_config(run: Path, cfg: DictConfig, facts: dict) -> DictConfig:
     check_run_config(run_cfg, run / "config.yaml", unsafe=bool(cfg.get("unsafe_load", False)))
     with open_dict(run_cfg):
         for k, v in (cfg.get("data") or {}).items():
-            if v is not None:
-                run_cfg.data[k] = v
+            if v is not None:  # null: the run's own setting
+                # data.max_eval_blocks=0: the whole split (null already means "the run's own setting" here)
+                run_cfg.data[k] = None if k == "max_eval_blocks" and v == 0 else v
         if cfg.get("file"):
             run_cfg.data.eval_file = str(cfg.file)
         if facts.get("id2label"):
