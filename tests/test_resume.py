@@ -354,7 +354,7 @@ def run_and_kill(args: list[str], run: Path, total: int, rng: random.Random, mid
     when = "never"
     deadline = time.monotonic() + 900
     while proc.poll() is None and time.monotonic() < deadline:
-        if step[0] >= kill_at and (folder / "last.ckpt").exists():
+        if kill_at <= step[0] < total and (folder / "last.ckpt").exists():  # mid-run: never after the last step
             if not mid_write:
                 time.sleep(delay)
                 when = f"{delay:.2f} s after step {step[0]}"
