@@ -65,6 +65,15 @@ class SearchParam:
         return f"{self.key}={text}"
 
 
+def _yaml_text(value: Any) -> str:
+    """A value of ``hydra.sweeper.params`` as the command line writes it: ``true``, not Python's ``True``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
 def _bad(override: Override, why: str) -> ValueError:
     return ValueError(f"search space entry '{override.input_line}': {why}")
 
@@ -294,7 +303,7 @@ class OptunaSweeper(Sweeper):
                 "strategy re-runs the command line in each rank. Give each trial one device (trainer.devices=1), "
                 "use strategy=ddp_spawn, or run the trials with hydra/launcher=slurm")
         config_loader = self.hydra_context.config_loader
-        lines = [f"{k}={v}" if v is not None else f"{k}=null" for k, v in self.params.items()] + list(arguments)
+        lines = [f"{k}={_yaml_text(v)}" for k, v in self.params.items()] + list(arguments)
         space = parse_search_space(lines, config_loader)
         searched = {p.name: p.distribution for p in space.values() if p.distribution is not None}
         fixed = [p.override() for p in space.values() if p.distribution is None]
