@@ -125,6 +125,12 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
         script="inference_vs_pipeline.py", needs=None,
         small=["--task", "token_classification", "--n", "512"], smoke=["--task", "token_classification", "--n", "64"],
         out_flag=True, extract=_inference),
+    "inference_question_answering": dict(
+        task="inference: question answering", baseline="plain transformers, one question at a time",
+        script="qa_inference.py", needs="squad_v1.1",
+        small=["--task", "question_answering", "--n", "256", "--threads", "1"],
+        smoke=["--task", "question_answering", "--n", "16"],
+        out_flag=True, extract=_inference),
 }
 
 

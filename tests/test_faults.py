@@ -151,6 +151,7 @@ def _fault_run(tmp_path: Path, fault: str, extra: list[str], strategy: str = "dd
     return proc, elapsed, {p.name: p.read_text() for p in codes.glob("exit_*")}
 
 
+@pytest.mark.slow  # DDP with 2 CPU processes
 def test_one_ddp_rank_raising_ends_every_rank_quickly_with_its_error_once(tmp_path):
     proc, elapsed, codes = _fault_run(tmp_path, "raise:1:3", ["export=false"])
     text = proc.stdout + proc.stderr
@@ -174,6 +175,7 @@ def test_nan_on_one_ddp_rank_is_skipped_by_every_rank(tmp_path):
     assert metrics["train/skipped_batches"] == 1.0
 
 
+@pytest.mark.slow  # DDP with 2 CPU processes
 def test_nan_stop_under_ddp_is_said_once_and_every_rank_exits_non_zero(tmp_path):
     proc, elapsed, codes = _fault_run(tmp_path, "nan:1:3", ["export=false"])
     text = proc.stdout + proc.stderr
@@ -234,17 +236,18 @@ def test_nan_stop_under_ddp_spawn_ends_with_the_error_line(tmp_path):
 # -- a full disk -------------------------------------------------------------------------------------
 
 def test_disk_full_on_a_checkpoint_is_a_clear_error_and_the_earlier_one_stays(make_cfg, monkeypatch):
-    import lightning.fabric.plugins.io.torch_io as torch_io
+    import lmforge.faults as faults
 
-    real, calls = torch_io._atomic_save, []
+    real, calls = faults.write_checkpoint_file, []
 
     def save(checkpoint, path):
         calls.append(str(path).removesuffix(".tmp"))  # the final name (lmforge writes beside it, then renames)
         if len(calls) == 2:
+            Path(path).write_bytes(b"PK\x03\x04" + bytes(1000))  # the disk filled up part-way through the file
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(checkpoint, path)
 
-    monkeypatch.setattr(torch_io, "_atomic_save", save)
+    monkeypatch.setattr(faults, "write_checkpoint_file", save)
     cfg = make_cfg([*SMALL, "trainer.max_steps=6"])
     with pytest.raises(DiskFullError) as info:
         train(cfg)

@@ -522,6 +522,37 @@ def test_export_loads_in_transformers_and_the_predictor_gives_lmforges_answers(t
     assert [one[k] for k in ("answer", "start", "end")] == [served[0][k] for k in ("answer", "start", "end")]
 
 
+def test_the_predictor_batches_by_length_and_returns_input_order(tiny_run):
+    from lmforge.tasks.question_answering.features import question_items
+    from lmforge.tasks.question_answering.predictor import QuestionAnsweringPredictor, question_order
+
+    cfg, _, run = tiny_run
+    short = dict(cfg.task.examples[0])
+    long_ = {"question": "Who is the mayor of Velmora?", "context": LONG_PASSAGE}
+    inputs = [short, long_, {"question": "When was the 3rd bridge built?", "context": LONG_PASSAGE}, short]
+    qa = QuestionAnsweringPredictor(run / "export", batch_size=2)
+    items_order = question_order(question_items(qa.tokenizer, [x["question"] for x in inputs],
+                                                [x["context"] for x in inputs], 96, 32))
+    assert items_order[:2] == [1, 2] and sorted(items_order) == [0, 1, 2, 3]  # the long passage's questions first
+    batched = qa.predict(inputs)
+    alone = [qa(x) for x in inputs]  # one at a time: each in a batch of its own
+    assert [(b["answer"], b["start"], b["end"]) for b in batched] == [(a["answer"], a["start"], a["end"]) for a in alone]
+    assert all(b["score"] == pytest.approx(a["score"], abs=1e-4) for a, b in zip(alone, batched))
+    assert batched[0] == batched[3]  # the same question twice, answered the same wherever its batch fell
+    whole = QuestionAnsweringPredictor(run / "export", chunk_tokens=0).predict(inputs)
+    pieces = QuestionAnsweringPredictor(run / "export", chunk_tokens=100).predict(inputs)  # a window or two a pass
+    assert [(w["answer"], w["start"], w["end"]) for w in whole] == [(b["answer"], b["start"], b["end"]) for b in pieces]
+    assert all(w["score"] == pytest.approx(b["score"], abs=1e-4) for w, b in zip(whole, pieces))
+    bf16 = QuestionAnsweringPredictor(run / "export", batch_size=2, precision="bf16").predict(inputs)
+    assert [set(x) for x in bf16] == [{"answer", "start", "end", "score"}] * 4
+    assert all(x["context"][b["start"]: b["end"]] == b["answer"] for x, b in zip(inputs, bf16))
+    with pytest.raises(ValueError, match="chunk_tokens=-1"):
+        QuestionAnsweringPredictor(run / "export", chunk_tokens=-1)
+    with pytest.raises(ValueError, match="precision='16'"):
+        QuestionAnsweringPredictor(run / "export", precision="16")
+    assert qa.predict([]) == []
+
+
 def test_lmforge_load_is_lazy_and_refuses_folders_it_cannot_serve(tiny_run, tmp_path):
     import subprocess
     import sys

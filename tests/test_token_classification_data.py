@@ -14,7 +14,8 @@ import torch
 from lmforge.data.conll import (detect_scheme, from_iob2, iob2_label_set, normalize_iob2, read_conll, to_iob2)
 from lmforge.tasks.token_classification.alignment import (IGNORE, encode_words, owners, special_template,
                                                           window_starts)
-from lmforge.tasks.token_classification.metrics import EntityScores, seqeval_scores, simple_entities
+from lmforge.tasks.token_classification.metrics import (EntityScores, best_labels, grouped_entities, seqeval_scores,
+                                                        simple_entities)
 from lmforge.utils.errors import ConfigError, DataError
 
 
@@ -213,6 +214,47 @@ def test_simple_entities_group_like_the_pipeline():
     logits[2] = 0
     logits[2, 1] = big
     assert [e["text"] for e in simple_entities(logits, offsets, special, text, id2label)] == ["Ada", "Lovelace", "Paris"]
+
+
+def test_batched_entities_match_one_text_at_a_time():
+    # predict() takes the softmax and best label of a whole padded batch at once; each text's entities must be
+    # those of its own rows alone (labels without a prefix, B-/I- runs, NaN rows, special tokens)
+    rng = np.random.default_rng(0)
+    id2label = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC", 5: "MISC"}
+    lengths = [9, 4, 1, 12]
+    logits = (rng.normal(size=(len(lengths), max(lengths), 6)) * 3).astype(np.float32)
+    logits[0, 3] = np.nan
+    best, score = best_labels(logits)
+    text = "abcdefghij" * 5
+    n_entities = 0
+    for j, n in enumerate(lengths):
+        offsets = np.stack([np.arange(n) * 3, np.arange(n) * 3 + 2], axis=1)
+        special = np.zeros(n, dtype=np.int64)
+        special[0] = 1
+        one = simple_entities(logits[j, :n], offsets, special, text, id2label)
+        batched = grouped_entities(best[j, :n], score[j, :n], offsets, special, text, id2label)
+        assert [(e["type"], e["start"], e["end"], e["text"]) for e in one] == \
+               [(e["type"], e["start"], e["end"], e["text"]) for e in batched]
+        assert all(a["score"] == pytest.approx(b["score"], abs=1e-6, nan_ok=True) for a, b in zip(one, batched))
+        n_entities += len(one)
+    assert n_entities > 3
+
+
+def test_loss_over_labelled_subtokens_and_zero_for_none():
+    from types import SimpleNamespace
+
+    from lmforge.tasks.token_classification.module import TokenClassificationModule
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 4, requires_grad=True)
+    labels = torch.tensor([[IGNORE, 1, 2, IGNORE, 0], [3, IGNORE, IGNORE, IGNORE, IGNORE]])
+    got = TokenClassificationModule.loss(None, SimpleNamespace(logits=logits), {"labels": labels})
+    want = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+    assert torch.allclose(got, want, atol=1e-7)
+    # a window of continuation sub-tokens only: loss 0 (not NaN), and backward still runs
+    none = TokenClassificationModule.loss(None, SimpleNamespace(logits=logits), {"labels": torch.full_like(labels, IGNORE)})
+    none.backward()
+    assert float(none) == 0.0 and logits.grad is not None and float(logits.grad.abs().sum()) == 0.0
 
 
 # -- bad input, through the datamodule ---------------------------------------------------------------

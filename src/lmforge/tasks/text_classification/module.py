@@ -101,10 +101,11 @@ class TextClassificationModule(TaskModule):
     def predict_batch(self, batch: Mapping[str, torch.Tensor], datamodule: Any) -> list[dict]:
         logits = self(batch).logits.float().cpu()
         if self.is_regression:
-            return [{"label": None, "score": float(v)} for v in logits.squeeze(-1)]
-        probs = logits.softmax(-1)
+            return [{"label": None, "score": v} for v in logits.squeeze(-1).tolist()]
+        # one softmax and max for the whole batch, read back as plain lists (no per-example tensor ops)
+        best, index = logits.softmax(-1).max(-1)
         id2label = self.trainable().config.id2label
-        return [{"label": id2label[int(p.argmax())], "score": float(p.max())} for p in probs]
+        return [{"label": id2label[i], "score": p} for i, p in zip(index.tolist(), best.tolist())]
 
     def field_prediction_files(self, records: Sequence[Mapping[str, Any]], folder: Path) -> list[Path]:
         path = folder / "predictions.tsv"

@@ -129,34 +129,49 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
+def best_labels(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each sub-token's best label id and its probability, from ``[..., labels]`` logits (the pipeline's
+    float32 softmax, one call for a whole batch)."""
+    scores = softmax(logits)
+    best = scores.argmax(-1)
+    return best, np.take_along_axis(scores, best[..., None], -1)[..., 0]
+
+
 def simple_entities(logits: np.ndarray, offsets: Sequence[Sequence[int]], special: Sequence[int], text: str,
                     id2label: Mapping[int, str], ignore: Sequence[str] = ("O",)) -> list[dict]:
     """Entities of one text from its sub-tokens' logits: ``{type, text, start, end, score}`` each (see the
     module docstring). ``offsets``: character span of each sub-token; ``special``: 1 for special tokens."""
-    scores = softmax(logits)
-    tokens = []
-    for i, row in enumerate(scores):
-        if special[i]:
+    best, score = best_labels(logits)
+    return grouped_entities(best, score, offsets, special, text, id2label, ignore)
+
+
+def grouped_entities(best: np.ndarray, score: np.ndarray, offsets: Sequence[Sequence[int]], special: Sequence[int],
+                     text: str, id2label: Mapping[int, str], ignore: Sequence[str] = ("O",)) -> list[dict]:
+    """:func:`simple_entities` from each sub-token's best label id and probability (:func:`best_labels`)."""
+    tags = {}
+    groups: list[list] = []  # [tag, entity type, start, end, scores]
+    offsets = np.asarray(offsets).reshape(-1, 2).tolist()
+    for i, (label, p, sp) in enumerate(zip(np.asarray(best).tolist(), np.asarray(score).tolist(),
+                                           np.asarray(special).tolist())):
+        if sp:
             continue
-        best = int(row.argmax())
-        tokens.append((id2label[best], row[best], int(offsets[i][0]), int(offsets[i][1])))
-    groups: list[list[tuple]] = []
-    for tok in tokens:
-        if groups:
-            bi, tag = _tag(tok[0])
-            _, last_tag = _tag(groups[-1][-1][0])
-            if tag == last_tag and bi != "B":
-                groups[-1].append(tok)
-                continue
-        groups.append([tok])
+        if label not in tags:
+            name = id2label[label]
+            tags[label] = (*_tag(name), name.split("-", 1)[-1])
+        bi, tag, kind = tags[label]
+        if groups and groups[-1][0] == tag and bi != "B":
+            g = groups[-1]
+            g[3] = offsets[i][1]
+            g[4].append(p)
+            continue
+        groups.append([tag, kind, offsets[i][0], offsets[i][1], [p]])
     out = []
-    for g in groups:
-        kind = g[0][0].split("-", 1)[-1]
+    for _, kind, start, end, ps in groups:
         if kind in ignore:
             continue
-        start, end = g[0][2], g[-1][3]
-        score = float(np.mean(np.nanmean([t[1] for t in g])))
-        out.append({"type": kind, "text": text[start:end], "start": start, "end": end, "score": score})
+        kept = [p for p in ps if p == p]  # the pipeline's nanmean
+        score_ = sum(kept) / len(kept) if kept else float("nan")
+        out.append({"type": kind, "text": text[start:end], "start": start, "end": end, "score": float(score_)})
     return out
 
 

@@ -31,7 +31,7 @@ from transformers import AutoModelForTokenClassification
 from lmforge.data.conll import from_iob2
 from lmforge.tasks.base import TaskModule, as_records, batched, length_order, predict_stats
 from lmforge.tasks.token_classification.alignment import IGNORE
-from lmforge.tasks.token_classification.metrics import EntityScores, simple_entities, tagged_text
+from lmforge.tasks.token_classification.metrics import EntityScores, best_labels, grouped_entities, tagged_text
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,11 @@ class TokenClassificationModule(TaskModule):
 
     def loss(self, outputs: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         logits, labels = outputs.logits, batch["labels"]
-        if not bool((labels != IGNORE).any()):  # a window of continuation sub-tokens only
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().long(), ignore_index=IGNORE)
+        labels = labels.flatten().long()
+        # the mean over labelled sub-tokens without a host sync to test for none (a window of continuation
+        # sub-tokens only): the sum over none is 0, divided by at least 1
+        total = F.cross_entropy(logits.flatten(0, 1).float(), labels, ignore_index=IGNORE, reduction="sum")
+        return total / (labels != IGNORE).sum().clamp(min=1)
 
     # -- metrics -----------------------------------------------------------------------------
     def make_metrics(self) -> tm.MetricCollection:
@@ -80,7 +82,7 @@ class TokenClassificationModule(TaskModule):
         preds = outputs.logits.argmax(-1)
         sentence = batch["sentence"].view(-1, 1).expand_as(word)
         metrics["entities"].update(sentence[mask], word[mask], labels[mask], preds[mask])
-        metrics["loss"].update(loss, weight=max(1, int((labels != IGNORE).sum())))
+        metrics["loss"].update(loss, weight=(labels != IGNORE).sum().clamp(min=1))
 
     def evaluation_figures(self, stage: str) -> dict[str, dict]:
         """F1 per entity type of the last ``stage`` evaluation (seqeval), as plain data for the run's pictures."""
@@ -132,11 +134,13 @@ class TokenClassificationModule(TaskModule):
                     part = [examples[i] for i in chunk]
                     batch = datamodule.collate([{k: e[k] for k in MODEL_KEYS if k in e} for e in part])
                     batch = {k: v.to(self.device) for k, v in batch.items()}
-                    logits = self(batch).logits.float().cpu().numpy()
+                    # softmax and best label of every sub-token of the batch at once (padding rows are ignored)
+                    best, score = best_labels(self(batch).logits.float().cpu().numpy())
                     for j, (i, ex) in enumerate(zip(chunk, part)):
                         text = records[i]["text"]
                         n = len(ex["input_ids"])
-                        ents = simple_entities(logits[j, :n], ex["offsets"], ex["special"], text, id2label)
+                        ents = grouped_entities(best[j, :n], score[j, :n], ex["offsets"], ex["special"], text,
+                                                id2label)
                         out[i] = {"tagged": tagged_text(text, ents), "entities": ents}
         finally:
             self.train(was_training)
