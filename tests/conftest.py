@@ -24,6 +24,24 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# Under pytest-xdist each worker (and every `python train.py` it starts) gets its share of the cores: two workers
+# on two cores with two torch threads each would oversubscribe them. An explicit OMP_NUM_THREADS wins.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _cpus() // _WORKERS))
+if _WORKERS > 1:
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 def compose_cfg(overrides: list[str], out_dir: Path, cache_dir: Path, config_name: str = "train") -> DictConfig:
     """The config ``python train.py <overrides>`` would get, with its run directory at ``out_dir``."""
     return compose_config(overrides, out_dir, cache_dir, SHARED_DATA, config_name)
@@ -60,3 +78,29 @@ def needs_shared(*parts: str) -> Path:
 
 
 TINY = ["model=bert", "model/size=tiny", "optimizer.lr=1e-3", "extras.print_config=false"]
+
+
+# -- pytest-xdist (``-n auto`` in pyproject's addopts) --------------------------------------------------------
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker a core, at most 8; none (the tests run in this process, no worker start-up) when the
+    command names tests of one file only. PYTEST_XDIST_AUTO_NUM_WORKERS sets the number; ``-n 0`` turns it off."""
+    env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    if env:
+        return int(env)
+    files = {a.split("::")[0] for a in config.args}
+    if len(files) == 1 and next(iter(files)).endswith(".py"):
+        return 0
+    return max(1, min(_cpus(), 8))
+
+
+# whole modules go to one worker (--dist loadfile: their module-scoped runs are made once); the longest first,
+# so that the README test does not start last and leave the other workers idle at the end
+FIRST = ["test_readme.py", "test_resume.py"]
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: the rest keep their order

@@ -90,8 +90,9 @@ def test_resume_from_last_continues_from_its_step(two_epochs, tmp_path, cache_di
 
 @pytest.mark.parametrize("task", [
     ["model=bert", "model/size=tiny", "trainer.val_check_interval=50"],
-    ["task=causal_lm"],
-    ["task=masked_lm"],
+    # the other tasks in the slow part: test_task_contract.py runs every task to its end before a validation
+    pytest.param(["task=causal_lm"], marks=pytest.mark.slow),
+    pytest.param(["task=masked_lm"], marks=pytest.mark.slow),
 ], ids=["text_classification", "causal_lm", "masked_lm"])
 def test_run_ending_before_its_first_validation_validates_at_the_end(task, tmp_path, cache_dir):
     # 3 steps, below every task's validation interval: before, EarlyStopping/ModelCheckpoint/optimized_metric
@@ -118,7 +119,8 @@ def test_fast_dev_run_writes_no_checkpoint_and_no_logger_files(tmp_path, cache_d
 
 
 def test_logger_none_trains_without_the_lr_monitor(tmp_path, cache_dir):
-    proc = train(tmp_path, "run", "logger=none", *TINY, *FAST, "trainer.max_epochs=1", "test=false", cache_dir=cache_dir)
+    proc = train(tmp_path, "run", "logger=none", *TINY, *FAST, "trainer.max_epochs=1", "trainer.max_steps=2",
+                 "trainer.limit_val_batches=1", "test=false", cache_dir=cache_dir)
     assert proc.stdout.count("no logger for the learning rate") == 1
 
 
@@ -199,6 +201,7 @@ def test_progress_bar_kind(monkeypatch):
 
 # -- noise -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # the real MiniLM in a subprocess; the tiny models' runs above are checked for noise too
 def test_minilm_run_is_quiet_and_says_the_head_is_new(tmp_path, cache_dir):
     proc = train(tmp_path, "run", "model=minilm", "trainer.max_steps=1", "trainer.limit_val_batches=1",
                  "data.max_train_samples=32", "test=false", "predict.texts=null", "extras.print_config=false",

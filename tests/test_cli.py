@@ -118,9 +118,13 @@ def test_failed_job_of_a_sweep_is_a_user_error(tmp_path):
     assert_user_error(proc, f"data.train_file={tmp_path}/a.csv: file not found")
 
 
-def test_eval_and_console_scripts_report_user_errors(tmp_path):
+def test_eval_reports_user_errors(tmp_path):
     assert_user_error(run_cmd(["eval.py", f"run={tmp_path}/nothing", f"hydra.run.dir={tmp_path}/eval"]),
                       f"run={tmp_path}/nothing")
+
+
+@pytest.mark.slow  # three more processes: the installed console scripts
+def test_console_scripts_report_user_errors(tmp_path):
     scripts = Path(sys.executable).parent
     if not (scripts / "lmforge-train").exists():
         pytest.skip("console scripts not installed (pip install -e .)")
@@ -144,6 +148,7 @@ def test_user_error_in_ddp_child_processes(tmp_path):
 
 # -- default paths: sweeps and Optuna studies ------------------------------------------------------
 
+@pytest.mark.slow  # two sweeps in subprocesses; a real Optuna study runs in the fast subset (test_sweeps.py)
 def test_sweep_and_optuna_run_with_default_paths(tmp_path):
     """``python train.py -m ...`` and ``hparams_search=optuna`` with no hydra.sweep.dir / paths.*: the
     sweep directory and the study's storage resolve before any job exists (under <cwd>/logs)."""

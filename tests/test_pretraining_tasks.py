@@ -179,6 +179,7 @@ def test_streaming_trains(make_cfg) -> None:
     assert math.isfinite(metrics["val/perplexity"]) and metrics["val/loss"] < math.log(600)
 
 
+@pytest.mark.slow  # three runs each; resume in the fast subset: test_resume.py (units), test_callbacks.py (train.py)
 @pytest.mark.parametrize("task", ["causal_lm", "masked_lm"])
 def test_resume_reaches_the_same_loss(make_cfg, tmp_path, task) -> None:
     base = [*(CAUSAL if task == "causal_lm" else MASKED), *NO_DROPOUT[task], "trainer.max_steps=12",

@@ -92,6 +92,7 @@ def test_global_batch_size_under_torchrun_env(make_cfg, monkeypatch):
     assert global_batch_accumulation(cfg) == 4
 
 
+@pytest.mark.slow  # a two-job sweep with W&B in a subprocess; W&B itself runs in the fast subset (resume below)
 def test_wandb_sweep_jobs_are_grouped_named_and_finished(tmp_path):
     sweep = tmp_path / "sweep"
     run_script(["train.py", "-m", *SHORT, "logger=wandb", "optimizer.lr=1e-3,2e-3", f"hydra.sweep.dir={sweep}",

@@ -32,6 +32,7 @@ def run(tmp_path_factory):
     return base, cfg, metrics
 
 
+@pytest.mark.slow
 def test_the_run_reports_bleu_chrf_and_learns(run):
     _, cfg, metrics = run
     for k in ("val/bleu", "val/chrf", "val/loss", "val/score", "test/bleu", "test/chrf", "test/loss"):
@@ -43,6 +44,7 @@ def test_the_run_reports_bleu_chrf_and_learns(run):
     assert metrics["test/loss"] < math.log(vocab) - 1.0  # it learns: a uniform guess costs ln(vocab)
 
 
+@pytest.mark.slow
 def test_test_files_score_with_the_sacrebleu_command_line_as_lmforge_did(run):
     _, cfg, metrics = run
     out = Path(cfg.paths.output_dir, "test")
@@ -56,6 +58,7 @@ def test_test_files_score_with_the_sacrebleu_command_line_as_lmforge_did(run):
     assert abs(bleu - metrics["test/bleu"]) < 1e-3 and abs(chrf - metrics["test/chrf"]) < 1e-3
 
 
+@pytest.mark.slow
 def test_the_export_loads_with_plain_transformers_and_generates_the_same_text(run):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -71,6 +74,7 @@ def test_the_export_loads_with_plain_transformers_and_generates_the_same_text(ru
     assert theirs == ours
 
 
+@pytest.mark.slow
 def test_lmforge_load_serves_the_export_from_the_folder_alone(run):
     import lmforge
 
@@ -81,6 +85,7 @@ def test_lmforge_load_serves_the_export_from_the_folder_alone(run):
     assert predictor(NEW[0]) == ours[0]
 
 
+@pytest.mark.slow
 def test_eval_py_predicts_a_text_file_into_hypotheses_that_sacrebleu_reads(run, tmp_path):
     base, cfg, _ = run
     (tmp_path / "src.txt").write_text("\n".join(NEW) + "\n", encoding="utf-8")
@@ -91,6 +96,7 @@ def test_eval_py_predicts_a_text_file_into_hypotheses_that_sacrebleu_reads(run, 
     assert hyps == ours, res.stdout
 
 
+@pytest.mark.slow
 def test_eval_py_on_a_parallel_prefix_file(run, tmp_path):
     _, cfg, _ = run
     sample = Path(__file__).resolve().parents[1] / "src" / "lmforge" / "samples" / "phrasebook" / "test.jsonl"

@@ -42,6 +42,7 @@ def test_tiny_model_learns_the_sample(make_cfg):
     assert metrics["params/non_embedding"] < 1_000_000
 
 
+@pytest.mark.slow
 def test_run_directory_holds_everything(finished_run):
     run, metrics = finished_run
     assert metrics["test/accuracy"] >= 0.9, metrics  # MiniLM learns the sample in one short epoch
@@ -59,6 +60,7 @@ def test_run_directory_holds_everything(finished_run):
         "index\tprediction", "0\tpositive", "1\tnegative", "2\tnegative", "3\tpositive"]
 
 
+@pytest.mark.slow
 def test_export_reloads_in_transformers_with_the_same_predictions(finished_run):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
@@ -74,6 +76,7 @@ def test_export_reloads_in_transformers_with_the_same_predictions(finished_run):
         assert abs(t["score"] - o["score"]) < 1e-4
 
 
+@pytest.mark.slow
 def test_eval_script_evaluates_and_predicts_from_the_run_config(finished_run, tmp_path):
     run, metrics = finished_run
     texts = tmp_path / "texts.txt"
@@ -87,6 +90,7 @@ def test_eval_script_evaluates_and_predicts_from_the_run_config(finished_run, tm
     assert abs(ev["test/accuracy"] - metrics["test/accuracy"]) < 1e-6  # same model, same split, same number
 
 
+@pytest.mark.slow
 def test_eval_on_a_file_given_on_the_command_line(finished_run, tmp_path):
     run, _ = finished_run
     f = tmp_path / "new.csv"
