@@ -38,7 +38,7 @@ NOT_HERE = [
     (r"data=hub", "needs the Hugging Face Hub (no network here)"),
     (r"s3://|gs://", "needs object storage (no network here)"),
     (r"^pip install .*python -m pytest|^python -m pytest", "the test suite itself (CI runs it)"),
-    (r"^python benchmarks/", "a benchmark: minutes of timed runs, reported in benchmarks/README.md"),
+    (r"^(?:[A-Z_]+=\S+ )*python benchmarks/", "a benchmark: minutes of timed runs, reported in benchmarks/README.md"),
     (r"^bash benchmarks/gpu\.sh", "the GPU benchmark (its --dry-run runs in tests/test_benchmarks.py)"),
 ]
 # appended to every command: a short run (the run's own settings stay, these only shorten it)
