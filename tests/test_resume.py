@@ -336,7 +336,7 @@ def run_and_kill(args: list[str], run: Path, total: int, rng: random.Random, mid
     after its first step checkpoint): after a random fraction of a second, or with ``mid_write`` as soon as a
     checkpoint is being written (``last.ckpt.tmp`` exists). Returns when it was killed (None: the run ended
     before this loop saw step ``k``, as on a loaded machine whose output arrives late), and its output."""
-    kill_at = rng.randint(total // 4, total - 4)
+    kill_at = rng.randint(total // 4, total - 6)
     delay = rng.uniform(0.0, 0.4)
     folder = run / "checkpoints"
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -431,14 +431,20 @@ def kill_and_resume(task: str, tmp_path: Path, cache_dir: Path, whole: Path, ext
     seed = random.randrange(2**32)
     log_dir = tmp_path / "logs"
     rng = random.Random(seed)
-    for attempt in range(3):  # a run that ended before the kill resumes nothing: run it again, killed earlier
+    total = TASKS[task][1] // processes
+    for attempt in range(3):
+        # a run that ended before the kill, or was killed after its last step's checkpoint (the random delay can
+        # outlast the remaining steps on a fast or loaded machine), leaves nothing to resume: run it again
         args, killed = command(task, log_dir, "killed", cache_dir, extra)
-        when, out = run_and_kill(args, killed, TASKS[task][1] // processes, rng, mid_write)
+        when, out = run_and_kill(args, killed, total, rng, mid_write)
         if when is not None:
-            break
-        print(f"{task}: attempt {attempt + 1} ended before its kill; again")
+            done = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+            if done["global_step"] < total:
+                break
+            when = None
+        print(f"{task}: attempt {attempt + 1} was not killed before its last step; again")
         shutil.rmtree(killed)
-    assert when is not None, f"{task}: three runs ended before their kill (seed {seed}):\n{out[-3000:]}"
+    assert when is not None, f"{task}: three runs were not killed before their last step (seed {seed}):\n{out[-3000:]}"
     left = sorted(p.name for p in (killed / "checkpoints").iterdir())
     args, resumed = command(task, log_dir, "resumed", cache_dir, [*extra, "ckpt_path=last"])
     out = run_to_end(args)
