@@ -128,7 +128,6 @@ class QuestionAnsweringPredictor:
                                       null_threshold=float(s["null_threshold"]), progress=shown)
         return [{f: a[f] for f in (*FIELDS, "nbest") if nbest or f != "nbest"} for a in answers]
 
-
     def _logits(self, batch: Mapping[str, Any]) -> tuple[Any, Any]:
         """Start and end logits of every window of ``batch``: in one forward pass, or (``chunk_tokens``) in pieces
         of windows of similar lengths, each cut to its longest window; padding positions get -1e4 (post-processing
@@ -148,7 +147,7 @@ class QuestionAnsweringPredictor:
         i = 0
         while i < n:
             longest = int(lengths[order[i]])
-            take = order[i: i + max(rows, self.chunk_tokens // max(longest, 1))]
+            take = order[i: i + max(1, self.chunk_tokens // max(longest, 1))]  # longest <= width: at least `rows`
             out = self.model(**{k: batch[k][take, :longest].to(self.device) for k in keys})
             start[take, :longest] = out.start_logits.float().cpu()
             end[take, :longest] = out.end_logits.float().cpu()
