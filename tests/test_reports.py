@@ -305,3 +305,31 @@ def test_optuna_sweep_report_has_history_and_importances(tmp_path):
         assert_picture(sweep / "plots" / f"{name}.png", min_bytes=5000)
     results = OmegaConf.load(sweep / "optimization_results.yaml")
     assert results.pictures.optuna_importances.endswith("optuna_importances.png")
+
+
+def test_the_end_of_training_draws_nothing_the_last_validation_drew(tmp_path):
+    """A run whose last validation came after its last step has no new point at the end: no second drawing
+    (0.6 s of CPU each), unless an image logger still wants the curves; a new point is drawn again."""
+    from types import SimpleNamespace
+
+    from lmforge.callbacks.plots import Plots
+
+    cb = Plots(tmp_path / "plots", min_interval_s=0)
+    drawn = []
+    cb._draw = lambda trainer, module, stage, curves, log_task, log_curves: (  # noqa: E731
+        drawn.append(stage), setattr(cb, "_drawn", cb._shape()))
+    trainer = SimpleNamespace(fast_dev_run=False, sanity_checking=False, global_step=3, current_epoch=0,
+                              is_global_zero=True, loggers=[], optimizers=[], log_every_n_steps=1,
+                              callback_metrics={"val/accuracy": torch.tensor(0.5)})
+    cb.on_train_batch_end(trainer, None, {"loss": torch.tensor(0.7)}, None, 0)
+    cb.on_validation_end(trainer, None)
+    assert drawn == ["val"]
+    cb.on_train_end(trainer, None)
+    assert drawn == ["val"]  # nothing new since
+    trainer.loggers = [type("TensorBoardLogger", (), {})()]
+    cb.on_train_end(trainer, None)
+    assert drawn == ["val", "val"]  # the curves go to TensorBoard once, at the end
+    trainer.loggers, trainer.global_step = [], 4
+    cb.on_train_batch_end(trainer, None, {"loss": torch.tensor(0.6)}, None, 0)
+    cb.on_train_end(trainer, None)
+    assert drawn == ["val", "val", "val"]  # a step after the last validation: drawn

@@ -8,7 +8,8 @@ after each validation. It writes, on rank 0:
 * ``loss.png`` (training and validation loss by step), ``metrics.png`` (one panel per validation metric,
   the task's headline ``score`` metric first), ``lr.png``: after a validation (at most once every
   ``min_interval_s`` seconds: drawing costs about 0.6 s of CPU, which a run validating every few seconds
-  on a GPU would feel) and always at the end of training;
+  on a GPU would feel) and at the end of training (unless the last validation's pictures already show
+  every point and no TensorBoard/W&B logger wants them);
 * the task's own figures, from its module's ``evaluation_figures(stage)`` when it has one: the confusion
   matrix of text classification (``confusion_matrix.png``, label names on the axes; none for
   regression), F1 per entity type for NER (``f1_per_type.png``); after every validation, and after the
@@ -72,6 +73,7 @@ class Plots(L.Callback):
         self._loss_count = 0
         self._seen_step = -1
         self.written: dict[str, Path] = {}  # picture name -> file, the newest of each
+        self._drawn: tuple | None = None  # the curves' points when last drawn (see _shape)
 
     # -- state (resume) -------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -156,6 +158,8 @@ class Plots(L.Callback):
         if self._loss_count:  # the steps since the last point
             self._record_train(trainer, int(trainer.global_step))
         if trainer.is_global_zero:
+            if self._drawn == self._shape() and not self._undrawn and not self._image_loggers(trainer):
+                return  # the pictures of the last validation show every point already (a short run's usual end)
             self._draw(trainer, pl_module, stage="val", curves=True, log_task=self._undrawn, log_curves=True)
             self._undrawn = False
 
@@ -203,8 +207,20 @@ class Plots(L.Callback):
                                               xlabel=spec.get("xlabel", ""))
         return out
 
+    def _shape(self) -> tuple:
+        """The curves' points, as much as tells a change (a point is added, or the newest one is replaced)."""
+        h = self.history
+        return (len(h["train"]["step"]), h["train"]["loss"][-1:], len(h["lr"]["step"]), len(h["val"]),
+                repr(h["val"][-1:]))
+
+    def _image_loggers(self, trainer: L.Trainer) -> bool:
+        return self.log_figures and any(type(lg).__name__ in ("TensorBoardLogger", "WandbLogger")
+                                        for lg in trainer.loggers)
+
     def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, curves: bool, log_task: bool,
               log_curves: bool) -> None:
+        if curves:
+            self._drawn = self._shape()
         try:
             figures = self.curve_figures(pl_module) if curves else {}
             task = self.task_figures(pl_module, stage)
