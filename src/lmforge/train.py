@@ -198,6 +198,9 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     assign_device_for_job(cfg)  # joblib sweeps on GPUs: this job's own device, before CUDA starts
     check_config(cfg)
     check_devices(cfg)  # trainer.devices against this machine's CPU cores / GPUs
+    from lmforge.serving import check_precision
+
+    predict_precision = check_precision((cfg.get("predict") or {}).get("precision", "auto"))
     from lmforge.tasks.base import compile_options
 
     compile_options(cfg.get("trainer"))  # a bad trainer.compile value, or no C++ compiler for it, before any data is read
@@ -264,6 +267,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 
     inputs = list((cfg.get("predict") or {}).get("texts") or [])
     if inputs:  # every rank predicts (with FSDP2 a forward pass is a collective); rank 0 prints and saves
+        module.predict_precision = predict_precision  # these predictions only: test metrics keep the run's precision
         records = module.predict(inputs, datamodule)
         if trainer.is_global_zero:
             print_predictions(records, "predictions on new inputs")

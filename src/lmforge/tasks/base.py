@@ -347,11 +347,28 @@ class TaskModule(L.LightningModule):
         """One record (the :attr:`prediction_fields`) per example of a collated batch."""
         raise ConfigError(f"task {type(self).__name__} does not predict on raw inputs")
 
-    def predict(self, inputs: Sequence[Mapping[str, Any] | str], datamodule: Any, batch_size: int = 64) -> list[dict]:
+    #: ``predict.precision`` (auto | 32 | bf16) for calls of :meth:`predict` that pass none; ``eval.py`` sets it from
+    #: its config. The library default stays exact 32-bit.
+    predict_precision: str = "32"
+
+    def prediction_precision(self, precision: str | None = None) -> str:
+        """``"32"`` or ``"bf16"``: ``precision`` (else :attr:`predict_precision`) with ``auto`` decided for this
+        module's device (:func:`lmforge.serving.resolve_precision`)."""
+        from lmforge.serving import resolve_precision
+
+        return resolve_precision(self.predict_precision if precision is None else precision, self.device)
+
+    def predict(self, inputs: Sequence[Mapping[str, Any] | str], datamodule: Any, batch_size: int = 64,
+                precision: str | None = None) -> list[dict]:
         """Records for raw inputs, in the inputs' order: each input's fields followed by the prediction's.
 
         The encoded inputs run longest first in batches of ``batch_size`` (similar lengths share a batch, so
-        little padding) under ``torch.inference_mode``; :attr:`predict_stats` holds texts/s afterwards."""
+        little padding) under ``torch.inference_mode``, and under bfloat16 autocast when ``precision`` (else
+        :attr:`predict_precision`) is ``bf16``, or ``auto`` on hardware where that is faster;
+        :attr:`predict_stats` holds texts/s and the precision used afterwards."""
+        from lmforge.serving import precision_context
+
+        precision = self.prediction_precision(precision)
         records = as_records(inputs, datamodule.input_fields)
         start_time = time.perf_counter()
         examples = datamodule.encode_inputs(records)
@@ -360,7 +377,7 @@ class TaskModule(L.LightningModule):
         self.eval()
         out: list[dict | None] = [None] * len(examples)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), precision_context(precision, self.device):
                 for chunk in batched(order, batch_size):
                     batch = datamodule.collate([examples[i] for i in chunk])
                     batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -368,7 +385,7 @@ class TaskModule(L.LightningModule):
                         out[i] = p
         finally:
             self.train(was_training)
-        self.predict_stats = predict_stats(len(records), time.perf_counter() - start_time, batch_size)
+        self.predict_stats = predict_stats(len(records), time.perf_counter() - start_time, batch_size, precision)
         self.predict_order = order
         return [{**r, **(p or {})} for r, p in zip(records, out)]
 
@@ -463,12 +480,15 @@ def length_order(examples: Sequence[Mapping[str, Any]]) -> list[int]:
     return sorted(range(len(examples)), key=lambda i: -lengths[i])
 
 
-def predict_stats(n: int, seconds: float, batch_size: int) -> dict[str, float]:
-    """Prediction throughput (encoding included): inputs, seconds, texts/s, batch size."""
+def predict_stats(n: int, seconds: float, batch_size: int, precision: str = "32") -> dict[str, Any]:
+    """Prediction throughput (encoding included): inputs, seconds, texts/s, batch size, precision (32 or bf16)."""
+    from lmforge.serving import precision_note
+
     seconds = max(seconds, 1e-9)
-    stats = {"texts": n, "seconds": round(seconds, 4), "texts_per_sec": round(n / seconds, 2), "batch_size": batch_size}
-    log.info("predicted %d inputs in %.2f s (%.1f texts/s, batch %d, longest first)", n, seconds, n / seconds,
-             batch_size)
+    stats = {"texts": n, "seconds": round(seconds, 4), "texts_per_sec": round(n / seconds, 2), "batch_size": batch_size,
+             "precision": precision}
+    log.info("predicted %d inputs in %.2f s (%.1f texts/s, batch %d, longest first, %s)", n, seconds, n / seconds,
+             batch_size, precision_note(precision))
     return stats
 
 

@@ -38,16 +38,23 @@ class QuestionAnsweringPredictor:
     Keyword arguments override the export's settings (``n_best``, ``max_answer_length``, ``null_threshold``,
     ``max_length``, ``doc_stride``). ``precision="bf16"`` runs the model under bfloat16 autocast (about 2x the
     questions/s on a CPU with AMX, e.g. Xeon Sapphire Rapids, and on recent GPUs; answers may differ from 32-bit
-    ones where two spans score almost the same); the default ``"32"`` gives the exact answers of lmforge's own
-    ``predict``. ``chunk_tokens``: a batch's windows run through the model in pieces of about this many tokens,
-    longest first, each cut to its own longest window (null: 2048 on a CPU, where a whole batch of 64 questions'
-    windows is slower per token than pieces that stay in cache; the whole batch on a GPU; 0: the whole batch)."""
+    ones where two spans score almost the same); ``"auto"`` picks bf16 where the hardware runs it faster (a CUDA GPU
+    with bfloat16, a CPU with AMX-BF16) and 32-bit elsewhere (:func:`lmforge.serving.bf16_is_faster`);
+    the default ``"32"`` gives the exact answers of lmforge's own ``predict`` at its default. ``self.precision`` is the
+    precision used (``"32"`` or ``"bf16"``). ``chunk_tokens``: a batch's windows run through the model in pieces of
+    about this many tokens, longest first, each cut to its own longest window (null: 2048 on a CPU, where a whole
+    batch of 64 questions' windows is slower per token than pieces that stay in cache; the whole batch on a GPU; 0:
+    the whole batch)."""
 
     def __init__(self, folder: str | Path, device: str = "cpu", batch_size: int = 64, precision: str = "32",
                  chunk_tokens: int | None = None, **settings: Any):
         import torch
         from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
 
+        from lmforge.serving import PRECISIONS, resolve_precision
+
+        if str(precision) not in PRECISIONS:  # before anything is loaded
+            raise ValueError(f"precision={precision!r}: expected one of {', '.join(map(repr, PRECISIONS))}")
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder}: not a model folder (no config.json); pass a run's export/ folder")
@@ -61,9 +68,7 @@ class QuestionAnsweringPredictor:
         self.model = AutoModelForQuestionAnswering.from_pretrained(folder, config=config).to(device).eval()
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
-        if str(precision) not in ("32", "bf16"):
-            raise ValueError(f"precision={precision!r}: expected '32' or 'bf16'")
-        self.precision = str(precision)
+        self.precision = resolve_precision(str(precision), self.device)
         if chunk_tokens is not None and int(chunk_tokens) < 0:
             raise ValueError(f"chunk_tokens={chunk_tokens}: expected 0 (whole batches), a positive number or None")
         self.chunk_tokens = (CPU_CHUNK_TOKENS if self.device.type == "cpu" else 0) if chunk_tokens is None \
@@ -103,8 +108,9 @@ class QuestionAnsweringPredictor:
         out: list[dict | None] = [None] * len(records)
         shown = stage("answering questions", total=len(records), unit="questions",
                       mode="off" if len(records) <= self.batch_size else None)
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
-        with shown, torch.inference_mode(), autocast:
+        from lmforge.serving import precision_context
+
+        with shown, torch.inference_mode(), precision_context(self.precision, self.device):
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start: start + self.batch_size]
                 for i, answer in zip(chunk, self._answer([items[i] for i in chunk], [records[i] for i in chunk],

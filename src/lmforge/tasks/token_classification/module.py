@@ -118,8 +118,13 @@ class TokenClassificationModule(TaskModule):
 
     # -- prediction --------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, inputs: Sequence[Mapping[str, Any] | str], datamodule: Any, batch_size: int = 64) -> list[dict]:
-        """Records ``{text, tagged, entities}`` for raw texts; ``entities`` as the served export finds them."""
+    def predict(self, inputs: Sequence[Mapping[str, Any] | str], datamodule: Any, batch_size: int = 64,
+                precision: str | None = None) -> list[dict]:
+        """Records ``{text, tagged, entities}`` for raw texts; ``entities`` as the served export finds them.
+        ``precision``: as for :meth:`TaskModule.predict` (auto | 32 | bf16; None: :attr:`predict_precision`)."""
+        from lmforge.serving import precision_context
+
+        precision = self.prediction_precision(precision)
         records = as_records(inputs, datamodule.input_fields)
         start_time = time.perf_counter()
         examples = datamodule.encode_inputs(records)
@@ -129,7 +134,7 @@ class TokenClassificationModule(TaskModule):
         self.eval()
         out: list[dict] = [{} for _ in examples]
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), precision_context(precision, self.device):
                 for chunk in batched(order, batch_size):
                     part = [examples[i] for i in chunk]
                     batch = datamodule.collate([{k: e[k] for k in MODEL_KEYS if k in e} for e in part])
@@ -144,7 +149,7 @@ class TokenClassificationModule(TaskModule):
                         out[i] = {"tagged": tagged_text(text, ents), "entities": ents}
         finally:
             self.train(was_training)
-        self.predict_stats = predict_stats(len(records), time.perf_counter() - start_time, batch_size)
+        self.predict_stats = predict_stats(len(records), time.perf_counter() - start_time, batch_size, precision)
         self.predict_order = order
         return [{**r, **p} for r, p in zip(records, out)]
 
