@@ -26,6 +26,12 @@ same post-processing and metric for every arm (lmforge's), and the inference rat
 evaluation (windows, forward passes, n-best post-processing, scoring): lmforge's validation loop, the Trainer's
 ``predict`` followed by the post-processing.
 
+Peak memory: each arm's ``ru_maxrss`` (the whole process: tokenization, training, evaluation). ``--rss-trace``
+samples ``VmRSS``/``VmHWM`` every 20 ms in every arm (``rss_trace.csv`` in the arm's run folder), each sample
+tagged with the phase the arm's callbacks last marked (``setup``, ``step N (width W)``, ``between steps``,
+``validation``), and prints each phase's peak into the arm's ``output.log``: where a difference comes from. (It found the old gap: Lightning cleared the previous step's gradients
+only after the next forward pass; the QA module now drops them right after the optimizer step.)
+
 Output: a table, and ``logs/benchmarks/question_answering_vs_trainer.json``. Ratios are arm/trainer for rates
 (windows/s, non-padding tokens/s, questions/s): above 1 means lmforge is faster.
 """
@@ -78,6 +84,70 @@ def score(answers: list[dict], rows: list[dict]) -> dict:
     return {"val_exact_match": 100 * sum(x[0] for x in s) / len(s), "val_f1": 100 * sum(x[1] for x in s) / len(s)}
 
 
+# -- memory trace (--rss-trace) -------------------------------------------------------------------------
+class RSSTrace:
+    """Samples the process's resident set (``VmRSS``) and its high-water mark (``VmHWM``) every ``interval`` seconds
+    in a thread, each sample tagged with the phase the arm's callbacks last marked (``setup``, ``step N``,
+    ``validation``, ...): where the peak happens. Off unless ``--rss-trace`` is given."""
+
+    def __init__(self, path: str | None, interval: float = 0.02):
+        self.path, self.interval = path, interval
+        self.phase = "setup"
+        self.rows: list[tuple[float, int, int, str]] = []
+        self._stop = False
+        self._thread = None
+        if path:
+            import threading
+
+            self.t0 = time.perf_counter()
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+
+    @staticmethod
+    def _status() -> tuple[int, int]:
+        rss = hwm = 0
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1])
+        return rss, hwm
+
+    def _run(self) -> None:
+        while not self._stop:
+            self.sample()
+            time.sleep(self.interval)
+
+    def sample(self) -> None:
+        rss, hwm = self._status()
+        self.rows.append((time.perf_counter() - self.t0, rss, hwm, self.phase))
+
+    def mark(self, phase: str) -> None:
+        if self._thread is not None:
+            self.sample()  # the end of the phase before
+            self.phase = phase
+            self.sample()
+
+    def close(self) -> None:
+        if self._thread is None:
+            return
+        self._stop = True
+        self._thread.join()
+        self.sample()
+        with open(self.path, "w") as fh:
+            fh.write("t_sec,rss_mib,hwm_mib,phase\n")
+            fh.writelines(f"{t:.3f},{r / 1024:.1f},{h / 1024:.1f},{ph}\n" for t, r, h, ph in self.rows)
+        # the highest RSS of each phase, in order
+        peaks: dict[str, float] = {}
+        for _, r, _, ph in self.rows:
+            peaks[ph] = max(peaks.get(ph, 0.0), r / 1024)
+        print("peak RSS by phase (MiB): " + ", ".join(f"{ph} {v:.0f}" for ph, v in peaks.items()), flush=True)
+
+
+TRACE = RSSTrace(None)
+
+
 # -- arm: lmforge --------------------------------------------------------------------------------------
 def lmforge_overrides(a: argparse.Namespace, grouped: bool) -> list[str]:
     return ["experiment=squad", f"seed={a.seed}", f"data.max_train_samples={a.train_questions}",
@@ -104,14 +174,28 @@ def run_lmforge(a: argparse.Namespace, clock: PhaseClock, run_dir: Path, grouped
     class Clock(base):  # type: ignore[misc, valid-type]
         """The training clock, plus the wall time of the end-of-epoch validation (the inference rate)."""
 
+        def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            TRACE.mark("fit start")
+
+        def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                                 batch_idx: int) -> None:
+            TRACE.mark(f"step {batch_idx + 1} (width {batch['input_ids'].shape[1]})")
+
+        def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                               batch_idx: int) -> None:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            TRACE.mark("between steps")
+
         def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
             super().on_validation_start(trainer, pl_module)
+            TRACE.mark("validation")
             timing["t0"] = time.perf_counter()
 
         def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
             # after the epoch's metrics were computed: post-processing and scoring included
             timing["eval_sec"] = time.perf_counter() - timing["t0"]
             super().on_validation_end(trainer, pl_module)
+            TRACE.mark("after validation")
 
     sys.modules["__main__"]._BenchClock = Clock  # type: ignore[attr-defined]
     overrides = lmforge_overrides(a, grouped)
@@ -186,8 +270,12 @@ def run_trainer(a: argparse.Namespace, clock: PhaseClock, run_dir: Path) -> dict
         def on_epoch_begin(self, args, state, control, **kw):
             clock.start()
 
+        def on_step_begin(self, args, state, control, **kw):
+            TRACE.mark(f"step {state.global_step + 1}")
+
         def on_step_end(self, args, state, control, **kw):
             clock.step_end(last=state.global_step >= state.max_steps)
+            TRACE.mark("between steps")
 
         def on_train_end(self, args, state, control, **kw):
             armed["on"] = False
@@ -201,7 +289,9 @@ def run_trainer(a: argparse.Namespace, clock: PhaseClock, run_dir: Path) -> dict
         eval_strategy="no", save_strategy="no", logging_steps=10, report_to=[], dataloader_num_workers=0,
         fp16=False, bf16=False, use_cpu=a.device == "cpu" or not torch.cuda.is_available())
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=collate, callbacks=[BenchClock()])
+    TRACE.mark("fit start")
     trainer.train()
+    TRACE.mark("validation")
     # evaluation: the same windows and post-processing as lmforge, batched by questions as lmforge batches them
     model.eval()
     t0 = time.perf_counter()
@@ -224,6 +314,8 @@ def run_trainer(a: argparse.Namespace, clock: PhaseClock, run_dir: Path) -> dict
 
 
 def child(a: argparse.Namespace) -> int:
+    global TRACE
+    TRACE = RSSTrace(str(Path(a.run_dir) / "rss_trace.csv") if a.rss_trace else None)
     import torch
 
     torch.set_num_threads(a.threads)
@@ -236,6 +328,8 @@ def child(a: argparse.Namespace) -> int:
     res = {"arm": a.arm, **clock.result(), **out, "questions": a.train_questions,
            "process_sec": time.perf_counter() - t0,
            "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    TRACE.mark("end")
+    TRACE.close()
     res["windows_per_sec"] = res["samples"] / res["train_sec"]
     Path(a.result_file).write_text(json.dumps(res, indent=2, default=str))
     return 0
@@ -280,6 +374,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=384)
     p.add_argument("--doc-stride", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--rss-trace", action="store_true",
+                   help="every arm samples VmRSS/VmHWM every 20 ms into rss_trace.csv in its run folder, each sample "
+                        "tagged with its phase (setup, step N, validation), and prints the peak of each phase")
     harness.add_arm_args(p, ARMS, DEFAULT_DATA, DEFAULT_OUT)
     return p.parse_args(argv)
 

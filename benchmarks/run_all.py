@@ -34,7 +34,8 @@ def _vs_trainer(rate: str, quality: str, quality_name: str) -> Callable[[dict], 
     def extract(doc: dict) -> dict:
         med = doc["summary"]["median"]
         ours, base = med["lmforge"], med["trainer"]
-        return {"ratio": ours[rate] / base[rate], "measure": rate.replace("_", " ").replace(" per sec", "/s"),
+        cpu = doc["summary"].get("ratio_lmforge_over_trainer", {}).get("cpu_ms_per_sample")
+        return {"ratio": ours[rate] / base[rate], "cpu_ratio": cpu, "measure": rate.replace("_", " ").replace(" per sec", "/s"),
                 "quality": quality_name, "ours": ours.get(quality), "base": base.get(quality)}
     return extract
 
@@ -62,7 +63,15 @@ def _lead(doc: dict) -> dict:
 
 
 def _inference(doc: dict) -> dict:
-    return {"ratio": doc["ratio"], "measure": f"texts/s at batch {doc['batch_size']}",
+    measure = f"texts/s at batch {doc['batch_size']}"
+    per = doc.get("lmforge")
+    if isinstance(per, dict):  # inference_vs_pipeline: lmforge at its default (auto) and in exact 32-bit
+        x = per.get("auto") or next(iter(per.values()))
+        exact = per.get("32")
+        doc = {**doc, **x}
+        measure += f", lmforge {x['precision_used']}" + (
+            f" (exact 32-bit: {exact['ratio']:.2f}x, CPU {exact['cpu_ratio']:.2f}x)" if exact and exact is not x else "")
+    return {"ratio": doc["ratio"], "cpu_ratio": doc.get("cpu_ratio"), "measure": measure,
             "quality": "same predictions", "ours": doc.get("agreement"), "base": 1.0}
 
 
@@ -96,6 +105,12 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
         small=["--train-pairs", "512", "--eval-pairs", "100", "--repeats", "1"],
         smoke=["--train-pairs", "64", "--eval-pairs", "16", "--repeats", "1"],
         out_flag=True, extract=_vs_trainer("train_tokens_per_sec", "bleu", "BLEU")),
+    "sentence_embedding_training": dict(
+        task="sentence embedding fine-tuning (MiniLM, STS-B)", baseline="sentence-transformers' trainer",
+        script="sentence_embedding_vs_trainer.py", needs="stsb",
+        small=["--train-pairs", "256", "--eval-pairs", "500", "--repeats", "1", "--threads", "1"],
+        smoke=["--train-pairs", "32", "--eval-pairs", "32", "--repeats", "1"],
+        out_flag=True, extract=_vs_trainer("samples_per_sec", "dev_spearman", "STS-B dev Spearman")),
     "causal_lm": dict(
         task="causal-LM pretraining (tiny GPT-2, sample corpus)", baseline="plain PyTorch loop",
         script="causal_lm_vs_plain_loop.py", needs=None,
@@ -116,14 +131,16 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
         task="dialogue summarization (SAMSum)", baseline="lead-3 (first three turns)",
         script="seq2seq_lead_baseline.py", needs="samsum", small=[], smoke=[], result="stdout", extract=_lead),
     "inference_text_classification": dict(
-        task="inference: text classification", baseline="transformers.pipeline",
-        script="inference_vs_pipeline.py", needs=None,
-        small=["--task", "text_classification", "--n", "512"], smoke=["--task", "text_classification", "--n", "64"],
+        task="inference: text classification (MiniLM, SST-2 dev)", baseline="transformers.pipeline",
+        script="inference_vs_pipeline.py", needs="sst2",
+        small=["--task", "text_classification", "--data", "sst2", "--n", "872", "--threads", "1"],
+        smoke=["--task", "text_classification", "--n", "64", "--threads", "1"],
         out_flag=True, extract=_inference),
     "inference_token_classification": dict(
-        task="inference: NER", baseline="transformers.pipeline",
-        script="inference_vs_pipeline.py", needs=None,
-        small=["--task", "token_classification", "--n", "512"], smoke=["--task", "token_classification", "--n", "64"],
+        task="inference: NER (MiniLM, CoNLL-2003 dev)", baseline="transformers.pipeline",
+        script="inference_vs_pipeline.py", needs="conll2003",
+        small=["--task", "token_classification", "--data", "conll", "--n", "1000", "--threads", "1"],
+        smoke=["--task", "token_classification", "--n", "64", "--threads", "1"],
         out_flag=True, extract=_inference),
     "inference_question_answering": dict(
         task="inference: question answering", baseline="plain transformers, one question at a time",
@@ -210,15 +227,16 @@ def write_table(rows: list[dict], before: dict, after: dict, path: Path, smoke: 
              f"Machine: {m['cpu']}, {m['cores']} cores{', ' + m['gpu'] if m['gpu'] else ''}; torch {m['torch']}, "
              f"Python {m['python']}; load average {', '.join(f'{x:.2f}' for x in m['load'])} before, "
              f"{', '.join(f'{x:.2f}' for x in after['load'])} after.", "",
-             "Ratio: lmforge's rate over the baseline's (above 1: lmforge is faster). Small sizes: speed ratios "
-             "are indicative (one repeat each; on a shared machine other processes move them); quality figures "
-             "at these sizes are far below the full-size ones in benchmarks/README.md.", "",
+             "Ratio: lmforge's rate over the baseline's (above 1: lmforge is faster). CPU ratio: the baseline's CPU "
+             "time per sample over lmforge's (above 1: lmforge needs less CPU); on a shared machine it moves less "
+             "than the wall-clock ratio, so read it first. Small sizes: speed ratios are indicative (one repeat "
+             "each); quality figures at these sizes are far below the full-size ones in benchmarks/README.md.", "",
              *([f"Note: {note}", ""] if note else []),
-             "| task | baseline | ratio | measured | quality | lmforge | baseline | status |",
-             "|---|---|---:|---|---|---:|---:|---|"]
+             "| task | baseline | ratio | CPU ratio | measured | quality | lmforge | baseline | status |",
+             "|---|---|---:|---:|---|---|---:|---:|---|"]
     for r in rows:
-        ratio = f"{r['ratio']:.2f}x" if isinstance(r.get("ratio"), (int, float)) else "-"
-        lines.append(f"| {r['task']} | {r['baseline']} | {ratio} | {r.get('measure', '-')} | {r.get('quality', '-')} | "
+        ratio, cpu = (f"{r[k]:.2f}x" if isinstance(r.get(k), (int, float)) else "-" for k in ("ratio", "cpu_ratio"))
+        lines.append(f"| {r['task']} | {r['baseline']} | {ratio} | {cpu} | {r.get('measure', '-')} | {r.get('quality', '-')} | "
                      f"{_f(r.get('ours'))} | {_f(r.get('base'))} | {r['status']} "
                      f"({r.get('seconds', 0):.0f} s) |")
     path.parent.mkdir(parents=True, exist_ok=True)

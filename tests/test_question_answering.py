@@ -720,3 +720,43 @@ def test_squad_v2_trains_abstains_and_reports_has_ans_and_no_ans(make_cfg, tmp_p
     assert set(odds) == set(preds) and all(isinstance(v, float) for v in odds.values())
     # the answer is empty exactly where the null score beats the best span (null_threshold 0)
     assert all((preds[q] == "") == (odds[q] > 0) for q in preds)
+
+
+def test_gradients_are_dropped_right_after_the_optimizer_step(tiny_run):
+    """Peak memory: Lightning clears gradients inside the next step's closure (after its forward pass, when the
+    activations peak); the QA module drops them as soon as the optimizer has stepped. So no gradient is alive when a
+    training batch starts, except inside an accumulation cycle (accumulate_grad_batches=2: the second batch of each
+    cycle adds to the first one's gradients, which must still be there), and the parameters still learn."""
+    import lightning as L
+
+    from lmforge.train import build_datamodule, build_module
+
+    cfg, _, _ = tiny_run
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    module = build_module(cfg, facts=dm.model_facts())
+    module.configure_model()
+    seen: list[tuple[str, int, bool]] = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(("start", batch_idx, any(p.grad is not None for p in pl_module.parameters())))
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            seen.append(("step", trainer.global_step, all(p.grad is not None for p in pl_module.parameters()
+                                                          if p.requires_grad)))
+
+    accumulate = 2  # batches 0 and 2 open a cycle (after no step, after a step), 1 and 3 continue one
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, max_steps=2, accumulate_grad_batches=accumulate,
+                        limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, callbacks=[Probe()])
+    trainer.fit(module, datamodule=dm)
+    starts = [(i, alive) for kind, i, alive in seen if kind == "start"]
+    steps = [alive for kind, _, alive in seen if kind == "step"]
+    assert len(starts) == 2 * accumulate and steps == [True, True]
+    # a batch that opens a cycle finds no gradient; the others find their cycle's
+    assert starts == [(i, i % accumulate != 0) for i in range(2 * accumulate)]
+    assert all(p.grad is None for p in module.parameters())
+    assert any(not torch.equal(b, p.detach()) for b, p in zip(before, module.parameters()))

@@ -309,6 +309,20 @@ class TaskModule(L.LightningModule):
         self._eval_epoch_end("test")
 
     # -- optimization ------------------------------------------------------------------------
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """The optimizer step, then the gradients dropped at once (``set_to_none``).
+
+        Lightning clears gradients inside the step's closure, after the forward pass and before the backward:
+        the previous step's gradients (one float per parameter, 86 MiB for MiniLM) stay alive through the next
+        forward pass, when the activations are at their largest. Measured on MiniLM question-answering windows
+        (batch 16 x 384 tokens, CPU), that raised the step's peak resident memory by 110-450 MiB, more than the
+        gradients' own size (the allocator's heap fragments around them); the Trainer drops them after the step
+        too. Dropped here, the closure's own clearing finds nothing to clear; with gradient accumulation this runs
+        only after the step that ends an accumulation cycle."""
+        optimizer.step(closure=optimizer_closure)
+        if "deepspeed" not in type(self.trainer.strategy).__name__.lower():  # DeepSpeed clears its own (flat) buffers
+            optimizer.zero_grad(set_to_none=True)
+
     def configure_optimizers(self):
         from lmforge.strategies import is_sharded
 
