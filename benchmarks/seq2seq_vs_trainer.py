@@ -2,6 +2,8 @@
 """lmforge vs ``Seq2SeqTrainer`` on translation: a tiny T5 from scratch on Multi30k de->en, interleaved.
 
     python benchmarks/seq2seq_vs_trainer.py                               # 4000 pairs, 1 epoch, ABBA x 2
+    python benchmarks/seq2seq_vs_trainer.py --data sample --epochs 4 --threads 1   # the embedded sample, to BLEU ~20+
+    python benchmarks/seq2seq_vs_trainer.py --train-pairs 8000 --epochs 3 --repeats 1
     python benchmarks/seq2seq_vs_trainer.py --arms lmforge,trainer,lmforge_same --repeats 1
     python benchmarks/seq2seq_vs_trainer.py --train-pairs 1000 --eval-pairs 200 --repeats 1
 
@@ -16,15 +18,21 @@ Arms, each run in a fresh subprocess of this script (``--arm ...``), so that pea
 * ``trainer``: ``transformers.Seq2SeqTrainer`` + ``DataCollatorForSeq2Seq`` (labels padded with -100), the pairs
   tokenized with ``text_target=`` as ``run_translation.py`` does, ``predict_with_generate=True``.
 
+``--data sample`` trains on the embedded de->en sample of ``python train.py task=translation`` instead (its train
+split, 4,000 pairs; BLEU on its validation split, 300 pairs) with that recipe's batch 32, lr 3e-3, 5% warmup, lengths
+128 and 64 new tokens; multi30k keeps ``experiment=multi30k``'s batch 64, lengths 64 and 48 new tokens. ``--epochs N``
+trains every arm N epochs, the linear schedule decaying over all N epochs' steps (one timed window over all of them;
+lmforge's per-epoch ``last.ckpt`` write stays inside it, the Trainer saves nothing).
+
 Same in every arm: the training pairs (lmforge's ``data.max_train_samples`` selection), the tokenizer (trained
 once by lmforge on those pairs, then given to every arm as a folder), the model (``model=t5 model/size=tiny``,
-built by lmforge's factory with the same seed), batch size, lr, linear schedule with 5% warmup, AdamW weight
+built by lmforge's factory with the same seed), batch size, lr, linear schedule with warmup (``--warmup``, 5%), AdamW weight
 decay 0.01 except biases and norm weights (the Trainer decays all but biases and LayerNorm weights: the same
-set for T5), gradient clipping 1.0, 1 epoch, fp32, greedy decoding with ``--max-new-tokens``, the number of
+set for T5), gradient clipping 1.0, the epochs, fp32, greedy decoding with ``--max-new-tokens``, the number of
 torch threads, no dataloader workers. Timed: the training epoch (``PhaseClock`` of
 ``text_classification_vs_trainer.py``: tokens are source + target tokens), then the generation of
 ``--eval-pairs`` validation sentences (lmforge: ``module.predict``; Trainer: ``trainer.predict``), whose BLEU
-``sacrebleu`` scores against the references as written.
+``sacrebleu`` scores (BLEU and chrF) against the references as written.
 
 Output: a table, and ``logs/benchmarks/seq2seq_vs_trainer.json``. Ratios are arm/trainer for rates: above 1
 means lmforge is faster.
@@ -55,8 +63,34 @@ DEFAULT_OUT = ROOT / "logs" / "benchmarks" / "seq2seq_vs_trainer.json"
 ARMS = ("lmforge", "trainer", "lmforge_same")
 
 
+# what each --data trains on, and the settings lmforge's own recipe for it uses (both arms get them)
+DATA_DEFAULTS = {
+    # experiment=multi30k's batch, lengths and decoding
+    "multi30k": {"overrides": ["experiment=multi30k"], "title": "Multi30k de-en", "train_pairs": 4000,
+                 "batch_size": 64, "max_length": 64, "max_new_tokens": 48},
+    # `python train.py task=translation`: the embedded phrasebook sample (train split 4,000 pairs, validation
+    # split 300), task_defaults/translation.yaml's batch 32, lr 3e-3, warmup 0.05; task/translation.yaml's lengths
+    "sample": {"overrides": ["task=translation", "data=sample"], "title": "the embedded de-en sample (phrasebook)",
+               "train_pairs": None, "batch_size": 32, "max_length": 128, "max_new_tokens": 64},
+}
+
+
+def resolve(a: argparse.Namespace) -> argparse.Namespace:
+    """Fill the options left unset from ``--data``'s defaults (the parent and every child resolve alike)."""
+    d = DATA_DEFAULTS[a.data]
+    for key in ("train_pairs", "batch_size", "max_length", "max_new_tokens"):
+        if getattr(a, key) is None:
+            setattr(a, key, d[key])
+    if a.epochs < 1:
+        raise SystemExit(f"--epochs {a.epochs}: expected a whole number of epochs, 1 or more")
+    if not 0.0 <= a.warmup < 1.0:
+        raise SystemExit(f"--warmup {a.warmup}: expected a fraction of the training steps in [0, 1)")
+    return a
+
+
 def base_overrides(a: argparse.Namespace) -> list[str]:
-    return ["experiment=multi30k", f"seed={a.seed}", f"data.max_train_samples={a.train_pairs}",
+    pairs = "null" if a.train_pairs is None else a.train_pairs
+    return [*DATA_DEFAULTS[a.data]["overrides"], f"seed={a.seed}", f"data.max_train_samples={pairs}",
             f"data.max_eval_samples={a.eval_pairs}", f"data.batch_size={a.batch_size}",
             f"data.max_source_length={a.max_length}", f"data.max_target_length={a.max_length}",
             "data.num_workers=0", f"paths.data_dir={a.data_dir}", f"paths.cache_dir={a.cache_dir}"]
@@ -83,10 +117,10 @@ def tokenizer_folder(a: argparse.Namespace) -> tuple[str, list[dict], list[dict]
 
 def lmforge_overrides(a: argparse.Namespace, grouped: bool) -> list[str]:
     return [*base_overrides(a), f"model.tokenizer={a.tokenizer}", f"data.group_by_length={'true' if grouped else 'false'}",
-            "trainer.max_epochs=1", "trainer.max_time=null", "trainer.val_check_interval=null",
+            f"trainer.max_epochs={a.epochs}", "++trainer.max_time=null", "trainer.val_check_interval=null",
             "trainer.check_val_every_n_epoch=1", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
             "trainer.gradient_clip_val=1.0", "trainer.precision=32-true", f"optimizer.lr={a.lr}",
-            "optimizer.weight_decay=0.01", "scheduler=linear", "scheduler.warmup=0.05", "export=false", "test=false",
+            "optimizer.weight_decay=0.01", "scheduler=linear", f"scheduler.warmup={a.warmup}", "export=false", "test=false",
             "predict.texts=[]", f"task.generation.max_new_tokens={a.max_new_tokens}",
             f"task.generation.batch_size={a.eval_batch_size}", "callbacks.early_stopping=null",
             *(["accelerator=cpu"] if a.device == "cpu" else [])]
@@ -101,13 +135,15 @@ def run_lmforge(a: argparse.Namespace, clock: PhaseClock, run_dir: Path, grouped
 
     class Clock(L.Callback):
         def on_train_epoch_start(self, trainer, pl_module):
-            clock.start()
+            if clock.t0 is None:  # one window over every epoch
+                clock.start()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             clock.count(batch["input_ids"], batch.get("attention_mask"))
             clock.tokens += int((batch["labels"] != -100).sum())
             clock.padded_tokens += int(batch["labels"].numel())
-            clock.step_end(last=batch_idx + 1 >= trainer.num_training_batches)
+            clock.step_end(last=batch_idx + 1 >= trainer.num_training_batches
+                           and trainer.current_epoch + 1 >= trainer.max_epochs)
 
         def on_train_end(self, trainer, pl_module):
             clock.finish()
@@ -172,7 +208,8 @@ def run_trainer(a: argparse.Namespace, clock: PhaseClock, run_dir: Path) -> dict
             armed["on"] = True
 
         def on_epoch_begin(self, args, state, control, **kw):
-            clock.start()
+            if clock.t0 is None:  # one window over every epoch
+                clock.start()
 
         def on_step_end(self, args, state, control, **kw):
             clock.step_end(last=state.global_step >= state.max_steps)
@@ -184,8 +221,8 @@ def run_trainer(a: argparse.Namespace, clock: PhaseClock, run_dir: Path) -> dict
     set_seed(a.seed)
     args = Seq2SeqTrainingArguments(
         output_dir=str(run_dir), per_device_train_batch_size=a.batch_size, per_device_eval_batch_size=a.eval_batch_size,
-        learning_rate=a.lr, weight_decay=0.01, lr_scheduler_type="linear", warmup_steps=0.05, max_grad_norm=1.0,
-        num_train_epochs=1, seed=a.seed, eval_strategy="no", save_strategy="no", logging_steps=10, report_to=[],
+        learning_rate=a.lr, weight_decay=0.01, lr_scheduler_type="linear", warmup_steps=a.warmup, max_grad_norm=1.0,
+        num_train_epochs=a.epochs, seed=a.seed, eval_strategy="no", save_strategy="no", logging_steps=10, report_to=[],
         dataloader_num_workers=0, fp16=False, bf16=False, predict_with_generate=True,
         generation_max_length=None, generation_num_beams=1,
         use_cpu=a.device == "cpu" or not torch.cuda.is_available())
@@ -197,7 +234,8 @@ def run_trainer(a: argparse.Namespace, clock: PhaseClock, run_dir: Path) -> dict
     gen_sec = time.perf_counter() - t0
     ids = [[t for t in row if t >= 0] for row in pred.predictions.tolist()]
     hyps = [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
-    return {"hyps": hyps, "gen_sec": gen_sec, "config": {"batch_size": a.batch_size, "lr": a.lr, "optim": str(args.optim)}}
+    return {"hyps": hyps, "gen_sec": gen_sec, "config": {"batch_size": a.batch_size, "lr": a.lr, "optim": str(args.optim),
+                                                         "epochs": a.epochs, "warmup": a.warmup}}
 
 
 def child(a: argparse.Namespace) -> int:
@@ -214,8 +252,9 @@ def child(a: argparse.Namespace) -> int:
     refs = [p["target"] for p in json.loads(Path(a.pairs_file).read_text())]
     hyps = out.pop("hyps")
     res = {"arm": a.arm, **clock.result(), **out, "pairs": a.train_pairs, "process_sec": time.perf_counter() - t0,
-           "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-           "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score}
+           "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "loadavg_end": os.getloadavg(),
+           "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score, "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score,
+           "samples_hyps": hyps[:5]}
     res["train_tokens_per_sec"] = res["tokens"] / res["train_sec"]
     res["gen_sentences_per_sec"] = len(hyps) / res["gen_sec"]
     Path(a.result_file).write_text(json.dumps(res, indent=2, default=str))
@@ -224,7 +263,7 @@ def child(a: argparse.Namespace) -> int:
 
 METRICS = [("train_tokens_per_sec", "train tok/s", "{:.0f}"), ("train_sec", "train s", "{:.1f}"),
            ("padding_fraction", "pad frac", "{:.3f}"), ("gen_sentences_per_sec", "gen sent/s", "{:.1f}"),
-           ("ru_maxrss_mib", "peak RSS MiB", "{:.0f}"), ("bleu", "BLEU", "{:.2f}"),
+           ("ru_maxrss_mib", "peak RSS MiB", "{:.0f}"), ("bleu", "BLEU", "{:.2f}"), ("chrf", "chrF", "{:.2f}"),
            ("cpu_ms_per_sample", "CPU ms/pair", "{:.1f}"), ("cpu_per_wall", "cpu/wall", "{:.2f}")]
 
 
@@ -244,6 +283,7 @@ def summarize(results: list[dict]) -> dict:
                 "gen_sentences_per_sec": med[arm]["gen_sentences_per_sec"] / med["trainer"]["gen_sentences_per_sec"],
                 "peak_rss": med[arm]["ru_maxrss_mib"] / med["trainer"]["ru_maxrss_mib"],
                 "bleu_diff": med[arm]["bleu"] - med["trainer"]["bleu"],
+                "chrf_diff": med[arm]["chrf"] - med["trainer"]["chrf"],
                 # CPU time per pair, trainer/arm (above 1: lmforge spends less): steadier than rates on shared cores
                 "cpu_ms_per_sample": med["trainer"]["cpu_ms_per_sample"] / med[arm]["cpu_ms_per_sample"]}
     return out
@@ -251,7 +291,12 @@ def summarize(results: list[dict]) -> dict:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--train-pairs", type=int, default=4000, help="Multi30k training pairs")
+    p.add_argument("--data", choices=sorted(DATA_DEFAULTS), default="multi30k",
+                   help="multi30k (../shared/data) or sample: the embedded de-en sample of `task=translation` "
+                        "(trained on its train split, scored on its validation split)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs in every arm (linear decay over all their steps)")
+    p.add_argument("--train-pairs", type=int, default=None,
+                   help="training pairs (default: 4000 for multi30k, all 4000 of the sample)")
     p.add_argument("--eval-pairs", type=int, default=300, help="validation pairs generated and scored")
     p.add_argument("--data-dir", default=os.environ.get("LMFORGE_DATA_DIR", str(DEFAULT_DATA)))
     p.add_argument("--repeats", type=int, default=2)
@@ -259,11 +304,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arms", default="lmforge,trainer", help=f"comma-separated, one repeat's order: {', '.join(ARMS)}")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=None, help="default: 64 for multi30k, 32 for the sample")
     p.add_argument("--eval-batch-size", type=int, default=64)
-    p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-length", type=int, default=None, help="default: 64 for multi30k, 128 for the sample")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: 48 for multi30k, 64 for the sample")
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--warmup", type=float, default=0.05, help="linear warmup, a fraction of all training steps")
     p.add_argument("--device", choices=["auto", "cpu"], default="auto")
     p.add_argument("--cache-dir", default=str(ROOT / "logs" / "benchmarks" / "cache"))
     p.add_argument("--out", default=str(DEFAULT_OUT))
@@ -273,7 +319,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokenizer", help=argparse.SUPPRESS)
     p.add_argument("--pairs-file", help=argparse.SUPPRESS)
     p.add_argument("--train-file", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    return resolve(p.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(k, v)
     if a.arm:
         return child(a)
-    if not (Path(a.data_dir) / "multi30k" / "train.de").is_file():
+    if a.data == "multi30k" and not (Path(a.data_dir) / "multi30k" / "train.de").is_file():
         raise SystemExit(f"{Path(a.data_dir) / 'multi30k' / 'train.de'} not found (use --data-dir)")
     chosen = [x.strip() for x in a.arms.split(",") if x.strip()]
     if not chosen or any(x not in ARMS for x in chosen):
@@ -306,8 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     passthrough += ["--threads", str(a.threads), "--data-dir", a.data_dir, "--tokenizer", tok_dir,
                     "--pairs-file", str(runs_dir / "eval_pairs.json"), "--train-file", str(runs_dir / "train_pairs.json")]
     order = schedule(a.repeats, a.order, chosen)
-    print(f"{len(order)} runs ({', '.join(order)}), {len(rows)} training pairs, batch {a.batch_size}, lr {a.lr}, "
-          f"{a.threads} torch threads", flush=True)
+    print(f"{len(order)} runs ({', '.join(order)}), {DATA_DEFAULTS[a.data]['title']}: {len(rows)} training pairs x "
+          f"{a.epochs} epoch(s), batch {a.batch_size}, lr {a.lr}, warmup {a.warmup}, {a.threads} torch threads",
+          flush=True)
     t0 = time.time()
     results = [run_child(a, arm, i, runs_dir, passthrough) for i, arm in enumerate(order)]
     summary = summarize(results)
@@ -316,8 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"benchmark": "seq2seq_vs_trainer",
            "command": " ".join(["python", str(Path(__file__).relative_to(ROOT)), *argv]),
            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "settings": {"model": "t5 tiny", "data": "multi30k de-en", "train_pairs": len(rows),
-                        "eval_pairs": a.eval_pairs, "batch_size": a.batch_size, "lr": a.lr,
+           "settings": {"model": "t5 tiny", "data": DATA_DEFAULTS[a.data]["title"], "train_pairs": len(rows),
+                        "eval_pairs": len(pairs[: a.eval_pairs]), "epochs": a.epochs, "batch_size": a.batch_size,
+                        "lr": a.lr, "warmup": a.warmup, "max_new_tokens": a.max_new_tokens,
                         "max_length": a.max_length, "threads": a.threads, "order": order},
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                        "cuda": torch.cuda.is_available(), "loadavg": os.getloadavg()},
@@ -326,8 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"tiny T5 / Multi30k de-en ({len(rows)} pairs, batch {a.batch_size}, {a.threads} threads): "
-                        "lmforge vs Seq2SeqTrainer")
+    table = Table(title=f"tiny T5 / {DATA_DEFAULTS[a.data]['title']} ({len(rows)} pairs x {a.epochs} epoch(s), "
+                        f"batch {a.batch_size}, {a.threads} threads): lmforge vs Seq2SeqTrainer")
     for h in ["run", "arm", *(h for _, h, _ in METRICS)]:
         table.add_column(h, justify="left" if h in ("run", "arm") else "right")
     for r in results:
@@ -338,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         if key.startswith("ratio_"):
             table.add_row("ratio", key[6:].replace("_over_", "/"), f"{ratio['train_tokens_per_sec']:.3f}x", "", "",
                           f"{ratio['gen_sentences_per_sec']:.3f}x", f"{ratio['peak_rss']:.2f}x",
-                          f"{ratio['bleu_diff']:+.2f}", f"{ratio['cpu_ms_per_sample']:.3f}x", "")
+                          f"{ratio['bleu_diff']:+.2f}", f"{ratio['chrf_diff']:+.2f}", f"{ratio['cpu_ms_per_sample']:.3f}x", "")
     Console(width=200).print(table)
     print(f"wrote {out} ({doc['total_wall_sec']:.0f}s)")
     return 0
