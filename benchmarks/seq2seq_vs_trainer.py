@@ -10,11 +10,13 @@
 Arms, each run in a fresh subprocess of this script (``--arm ...``), so that peak memory is the arm's own:
 
 * ``lmforge``: the real config tree (``experiment=multi30k`` plus the overrides below) and
-  ``lmforge.train.train(cfg)`` in process, with lmforge's defaults for seq2seq (``data.group_by_length=true``:
-  batches of pairs of similar lengths) against the Trainer's defaults (random batches): the figure the README and
-  ``run_all.py`` report;
+  ``lmforge.train.train(cfg)`` in process, with lmforge's defaults for translation (random batches since
+  2026-12-02: ``data.group_by_length=false``, see the README's "Translation quality") against the Trainer's
+  defaults (random batches): the figure the README and ``run_all.py`` report;
 * ``lmforge_same``: the same with ``data.group_by_length=false`` (batches of random pairs, as the Trainer's
   default sampler gives): identical settings, the framework overhead alone;
+* ``lmforge_grouped``: the same with ``data.group_by_length=true`` (batches of pairs of similar lengths: less
+  padding, but a slower start from scratch);
 * ``trainer``: ``transformers.Seq2SeqTrainer`` + ``DataCollatorForSeq2Seq`` (labels padded with -100), the pairs
   tokenized with ``text_target=`` as ``run_translation.py`` does, ``predict_with_generate=True``.
 
@@ -60,7 +62,10 @@ import text_classification_vs_trainer as harness  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 DEFAULT_OUT = ROOT / "logs" / "benchmarks" / "seq2seq_vs_trainer.json"
-ARMS = ("lmforge", "trainer", "lmforge_same")
+ARMS = ("lmforge", "trainer", "lmforge_same", "lmforge_grouped")
+# lmforge: the recipe's own batch order (translation: random; summarization: length-grouped); lmforge_same:
+# random batches (the Trainer's order); lmforge_grouped: data.group_by_length=true
+GROUPED = {"lmforge": None, "lmforge_same": False, "lmforge_grouped": True}
 
 
 # what each --data trains on, and the settings lmforge's own recipe for it uses (both arms get them)
@@ -115,8 +120,10 @@ def tokenizer_folder(a: argparse.Namespace) -> tuple[str, list[dict], list[dict]
         return str(dm.tokenizer_dir), pairs, rows
 
 
-def lmforge_overrides(a: argparse.Namespace, grouped: bool) -> list[str]:
-    return [*base_overrides(a), f"model.tokenizer={a.tokenizer}", f"data.group_by_length={'true' if grouped else 'false'}",
+def lmforge_overrides(a: argparse.Namespace, grouped: bool | None) -> list[str]:
+    """``grouped``: data.group_by_length set to it, or (None) left at the recipe's own default."""
+    order = [] if grouped is None else [f"data.group_by_length={'true' if grouped else 'false'}"]
+    return [*base_overrides(a), f"model.tokenizer={a.tokenizer}", *order,
             f"trainer.max_epochs={a.epochs}", "++trainer.max_time=null", "trainer.val_check_interval=null",
             "trainer.check_val_every_n_epoch=1", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
             "trainer.gradient_clip_val=1.0", "trainer.precision=32-true", f"optimizer.lr={a.lr}",
@@ -126,7 +133,7 @@ def lmforge_overrides(a: argparse.Namespace, grouped: bool) -> list[str]:
             *(["accelerator=cpu"] if a.device == "cpu" else [])]
 
 
-def run_lmforge(a: argparse.Namespace, clock: PhaseClock, run_dir: Path, grouped: bool) -> dict:
+def run_lmforge(a: argparse.Namespace, clock: PhaseClock, run_dir: Path, grouped: bool | None) -> dict:
     import lightning as L
     from omegaconf import open_dict
 
@@ -248,7 +255,7 @@ def child(a: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     out = run_trainer(a, clock, run_dir) if a.arm == "trainer" else \
-        run_lmforge(a, clock, run_dir, grouped=a.arm == "lmforge")
+        run_lmforge(a, clock, run_dir, grouped=GROUPED[a.arm])
     refs = [p["target"] for p in json.loads(Path(a.pairs_file).read_text())]
     hyps = out.pop("hyps")
     res = {"arm": a.arm, **clock.result(), **out, "pairs": a.train_pairs, "process_sec": time.perf_counter() - t0,
