@@ -111,6 +111,12 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
         small=["--train-pairs", "256", "--eval-pairs", "500", "--repeats", "1", "--threads", "1"],
         smoke=["--train-pairs", "32", "--eval-pairs", "32", "--repeats", "1"],
         out_flag=True, extract=_vs_trainer("samples_per_sec", "dev_spearman", "STS-B dev Spearman")),
+    "instruction_tuning": dict(
+        task="instruction tuning (tiny GPT-2, chat sample)", baseline="transformers.Trainer",
+        script="instruction_tuning_vs_trainer.py", needs=None,
+        small=["--train-samples", "1000", "--epochs", "1", "--repeats", "1", "--threads", "1"],
+        smoke=["--train-samples", "64", "--eval-samples", "16", "--batch-size", "16", "--epochs", "1", "--repeats", "1"],
+        out_flag=True, extract=_vs_trainer("samples_per_sec", "val_loss", "answer-token val loss (lower is better)")),
     "causal_lm": dict(
         task="causal-LM pretraining (tiny GPT-2, sample corpus)", baseline="plain PyTorch loop",
         script="causal_lm_vs_plain_loop.py", needs=None,

@@ -206,3 +206,29 @@ def test_sentence_embedding_groups_pairs_by_their_longer_text(tmp_path, cache_di
     # each text is padded to its own batch maximum: the sampler groups by the wider of the two
     assert list(dm.lengths("train")) == [max(x, y) for x, y in zip(a, b)]
     assert any(y > x for x, y in zip(a, b))  # the pair is sometimes the longer text
+
+
+@pytest.mark.slow
+def test_instruction_tuning_benchmark_runs_both_arms_on_the_same_tokens(tmp_path):
+    out = tmp_path / "it.json"
+    r = _run([sys.executable, "benchmarks/instruction_tuning_vs_trainer.py", "--train-samples", "64", "--eval-samples",
+              "16", "--batch-size", "16", "--epochs", "1", "--repeats", "1", "--threads", "1",
+              "--cache-dir", str(tmp_path / "cache"), "--out", str(out)], 600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    runs = {x["arm"]: x for x in doc["runs"]}
+    assert set(runs) == {"lmforge", "trainer"}
+    for x in runs.values():  # 64 conversations in batches of 16: 4 steps, answer-token loss below the untrained ~7
+        assert x["steps"] == 4 and x["samples"] == 64 and x["train_sec"] > 0 and x["cpu_ms_per_sample"] > 0
+        assert 0 < x["val_loss"] < 6.9 and x["val_tokens"] > 0 and 0 < x["padding_fraction"] < 1
+        assert x["train_data"]["conversations"] == 64 and x["val_data"]["conversations"] == 16
+    # lmforge's token ids and labels handed to the Trainer, the same initial weights, the same non-padding tokens
+    assert runs["lmforge"]["train_data"] == runs["trainer"]["train_data"]
+    assert runs["lmforge"]["init_weights_sum"] == pytest.approx(runs["trainer"]["init_weights_sum"])
+    assert runs["lmforge"]["tokens"] == runs["trainer"]["tokens"]
+    # both samplers draw epoch 1 from randperm seeded 42 and 4 steps get no warmup: the same batches, the same updates
+    assert runs["lmforge"]["val_loss"] == pytest.approx(runs["trainer"]["val_loss"], abs=2e-3)
+    med, ratio = doc["summary"]["median"], doc["summary"]["ratio_lmforge_over_trainer"]
+    assert set(med) == {"lmforge", "trainer"} and med["lmforge"]["samples_per_sec"] > 0
+    assert {"samples_per_sec", "tokens_per_sec", "cpu_ms_per_sample", "peak_rss", "val_loss_diff"} <= set(ratio)
+    assert ratio["cpu_ms_per_sample"] == pytest.approx(med["trainer"]["cpu_ms_per_sample"] / med["lmforge"]["cpu_ms_per_sample"])
