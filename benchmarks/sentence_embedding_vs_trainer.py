@@ -53,7 +53,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -262,22 +261,7 @@ def run_child(a: argparse.Namespace, arm: str, idx: int, runs_dir: Path, passthr
 
 
 def summarize(results: list[dict]) -> dict:
-    arms = [arm for arm in ARMS if any(r["arm"] == arm for r in results)]
-    med = {arm: {k: statistics.median(r[k] for r in results if r["arm"] == arm and r.get(k) is not None)
-                 for k, _, _ in METRICS} for arm in arms}
-    out: dict[str, Any] = {"median": med}
-    if "trainer" in med:
-        t = med["trainer"]
-        for arm in (x for x in med if x != "trainer"):
-            m = med[arm]
-            out[f"ratio_{arm}_over_trainer"] = {
-                "samples_per_sec": m["samples_per_sec"] / t["samples_per_sec"],
-                "tokens_per_sec": m["tokens_per_sec"] / t["tokens_per_sec"],
-                # CPU time per pair, trainer/arm (above 1: lmforge spends less): steadier than rates on shared cores
-                "cpu_ms_per_sample": t["cpu_ms_per_sample"] / m["cpu_ms_per_sample"],
-                "peak_rss": m["ru_maxrss_mib"] / t["ru_maxrss_mib"],
-                "spearman_diff": m["dev_spearman"] - t["dev_spearman"]}
-    return out
+    return harness.summarize_vs_trainer(results, ARMS, METRICS, {"dev_spearman": "spearman_diff"})
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -653,6 +653,27 @@ def print_table(results: list[dict], summary: dict, title: str) -> None:
 
 
 
+def summarize_vs_trainer(results: list[dict], arms: tuple[str, ...], metrics: list[tuple], diffs: dict[str, str]) -> dict:
+    """Medians per arm (``summary.median.<arm>``) and each arm against the Trainer (``ratio_<arm>_over_trainer``):
+    rates arm/trainer, CPU time per sample trainer/arm (above 1: lmforge spends less; steadier than rates on shared
+    cores), peak RSS arm/trainer, and ``diffs`` (quality key -> name of its arm-minus-trainer difference)."""
+    present = [arm for arm in arms if any(r["arm"] == arm for r in results)]
+    med = {arm: {k: statistics.median(r[k] for r in results if r["arm"] == arm and r.get(k) is not None)
+                 for k, _, _ in metrics} for arm in present}
+    out: dict[str, Any] = {"median": med}
+    if "trainer" in med:
+        t = med["trainer"]
+        for arm in (x for x in med if x != "trainer"):
+            m = med[arm]
+            out[f"ratio_{arm}_over_trainer"] = {
+                "samples_per_sec": m["samples_per_sec"] / t["samples_per_sec"],
+                "tokens_per_sec": m["tokens_per_sec"] / t["tokens_per_sec"],
+                "cpu_ms_per_sample": t["cpu_ms_per_sample"] / m["cpu_ms_per_sample"],
+                "peak_rss": m["ru_maxrss_mib"] / t["ru_maxrss_mib"],
+                **{name: m[key] - t[key] for key, name in diffs.items()}}
+    return out
+
+
 def run_arm_child(script: Path, a: argparse.Namespace, arm: str, idx: int, runs_dir: Path, passthrough: list[str],
                   metrics: list[tuple[str, str, str]]) -> dict:
     """Run one arm of a ``*_vs_trainer.py`` benchmark (``script --arm <arm>``) in a fresh process with ``a.threads``
