@@ -338,25 +338,14 @@ def main(argv: list[str] | None = None) -> int:
         return child(a)
     if a.data == "multi30k" and not (Path(a.data_dir) / "multi30k" / "train.de").is_file():
         raise SystemExit(f"{Path(a.data_dir) / 'multi30k' / 'train.de'} not found (use --data-dir)")
-    chosen = [x.strip() for x in a.arms.split(",") if x.strip()]
-    if not chosen or any(x not in ARMS for x in chosen):
-        raise SystemExit(f"--arms {a.arms}: expected a comma-separated subset of {', '.join(ARMS)}")
+    chosen = harness.chosen_arms(a, ARMS)
     out = Path(a.out)
     runs_dir = out.parent / (out.stem + "_runs")
     runs_dir.mkdir(parents=True, exist_ok=True)
     tok_dir, pairs, rows = tokenizer_folder(a)
     (runs_dir / "eval_pairs.json").write_text(json.dumps(pairs[: a.eval_pairs], ensure_ascii=False))
     (runs_dir / "train_pairs.json").write_text(json.dumps(rows, ensure_ascii=False))
-    passthrough, skip = [], False  # everything but --out goes to the children
-    for x in argv:
-        if skip or x.startswith("--out="):
-            skip = False
-            continue
-        if x == "--out":
-            skip = True
-            continue
-        passthrough.append(x)
-    passthrough += ["--threads", str(a.threads), "--data-dir", a.data_dir, "--tokenizer", tok_dir,
+    passthrough = harness.without_out(argv) + ["--threads", str(a.threads), "--data-dir", a.data_dir, "--tokenizer", tok_dir,
                     "--pairs-file", str(runs_dir / "eval_pairs.json"), "--train-file", str(runs_dir / "train_pairs.json")]
     order = schedule(a.repeats, a.order, chosen)
     print(f"{len(order)} runs ({', '.join(order)}), {DATA_DEFAULTS[a.data]['title']}: {len(rows)} training pairs x "

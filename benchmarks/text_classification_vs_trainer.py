@@ -674,6 +674,28 @@ def summarize_vs_trainer(results: list[dict], arms: tuple[str, ...], metrics: li
     return out
 
 
+def chosen_arms(a: argparse.Namespace, arms: tuple[str, ...]) -> list[str]:
+    """``--arms`` as a list, every name one of ``arms`` (else exit with a message naming them)."""
+    chosen = [x.strip() for x in a.arms.split(",") if x.strip()]
+    if not chosen or any(x not in arms for x in chosen):
+        raise SystemExit(f"--arms {a.arms}: expected a comma-separated subset of {', '.join(arms)}")
+    return chosen
+
+
+def without_out(argv: list[str]) -> list[str]:
+    """The command line minus ``--out`` and its value: what the parent passes on to each arm's child."""
+    passthrough, skip = [], False
+    for x in argv:
+        if skip or x.startswith("--out="):
+            skip = False
+            continue
+        if x == "--out":
+            skip = True
+            continue
+        passthrough.append(x)
+    return passthrough
+
+
 def run_arm_child(script: Path, a: argparse.Namespace, arm: str, idx: int, runs_dir: Path, passthrough: list[str],
                   metrics: list[tuple[str, str, str]]) -> dict:
     """Run one arm of a ``*_vs_trainer.py`` benchmark (``script --arm <arm>``) in a fresh process with ``a.threads``

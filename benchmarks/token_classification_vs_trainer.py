@@ -238,19 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         return child(a)
     if not (Path(a.data_dir) / "conll2003" / "train.txt").is_file():
         raise SystemExit(f"{Path(a.data_dir) / 'conll2003' / 'train.txt'} not found (use --data-dir)")
-    chosen = [x.strip() for x in a.arms.split(",") if x.strip()]
-    if not chosen or any(x not in ARMS for x in chosen):
-        raise SystemExit(f"--arms {a.arms}: expected a comma-separated subset of {', '.join(ARMS)}")
-    passthrough, skip = [], False  # everything but --out goes to the children
-    for x in argv:
-        if skip or x.startswith("--out="):
-            skip = False
-            continue
-        if x == "--out":
-            skip = True
-            continue
-        passthrough.append(x)
-    passthrough += ["--threads", str(a.threads), "--data-dir", a.data_dir]
+    chosen = harness.chosen_arms(a, ARMS)
+    passthrough = harness.without_out(argv) + ["--threads", str(a.threads), "--data-dir", a.data_dir]
     out = Path(a.out)
     order = schedule(a.repeats, a.order, chosen)
     print(f"{len(order)} runs ({', '.join(order)}), {a.train_sentences} sentences, batch {a.batch_size}, "
