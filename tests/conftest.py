@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,22 @@ def compose_cfg(overrides: list[str], out_dir: Path, cache_dir: Path, config_nam
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("token_cache")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_module_runs(request, tmp_path_factory):
+    """Delete the folders a test file's module-scoped fixtures made (``tmp_path_factory.mktemp``) once its tests are
+    done, unless one of them failed: a file's shared MiniLM runs hold hundreds of MB, and the whole suite's would
+    fill a small CI disk by the end. One test's ``tmp_path`` goes when it passes (``tmp_path_retention_policy``)."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed != failed:
+        return  # keep what the failing tests left, to look at
+    for d in set(base.iterdir()) - before:
+        if not d.name.startswith("token_cache"):  # the session's tokenization cache, shared by every file
+            shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -140,8 +140,9 @@ def write_user_files(root: Path) -> None:
 
 def first_run(root: Path, task: str) -> Path:
     """The first run of ``task`` the README's commands made (for text classification: the main job)."""
+    # by name: the run folders are named by their start time (an eval.py that writes into a run changes its mtime)
     runs = sorted((p for p in (root / "logs" / task / "runs").glob("*") if (p / "checkpoints").is_dir()),
-                  key=lambda p: p.stat().st_mtime)
+                  key=lambda p: p.name)
     assert runs, f"no earlier run of {task} to stand for <timestamp>"
     return runs[0]
 
@@ -156,6 +157,51 @@ def fill_placeholders(cmd: str, root: Path, env: dict) -> str:
         return str(first_run(root, task).relative_to(root))
 
     return re.sub(r"logs/([\w<>]+)/runs/<timestamp>", sub, cmd)
+
+
+def resumed_tasks(cmds: list[str]) -> set[str]:
+    """The log folders a ``ckpt_path=last`` among ``cmds`` may resume from (``task=``/``experiment=``, else the default)."""
+    out = set()
+    for c in cmds:
+        if re.search(r"ckpt_path=last\b", c):
+            m = re.search(r"\b(?:experiment|task)=(\w+)", c)
+            out.add(m.group(1) if m else "text_classification")
+    return out
+
+
+def prune_weights(root: Path, keep_runs: set[Path], keep_tasks: set[str]) -> int:
+    """Delete the weights (checkpoints, exported model files) of runs no later README command can reach.
+
+    Kept: ``keep_runs`` (each task's first run, which ``<timestamp>`` stands for) and every run of the tasks in
+    ``keep_tasks`` (a later ``ckpt_path=last`` picks among them). A MiniLM run holds about 350 MB of weights; the
+    README's hundred runs would otherwise fill 20 GB of the test machine's disk. Only files inside ``checkpoints/``
+    and ``export/`` go, so the run folders (and their modification times) stay as the commands left them.
+    Returns the bytes freed.
+    """
+    freed = 0
+    for run in [*root.glob("logs/*/runs/*"), *root.glob("logs/*/multiruns/*/*")]:
+        if not run.is_dir() or run in keep_runs or (run.parent.name == "runs" and run.parent.parent.name in keep_tasks):
+            continue
+        big = [*run.glob("checkpoints/*.ckpt"), *run.glob("export/*.safetensors"), *run.glob("export/*.bin")]
+        for f in big:
+            if f.is_dir():  # an FSDP2 sharded checkpoint folder
+                freed += sum(x.stat().st_size for x in f.rglob("*") if x.is_file())
+                shutil.rmtree(f)
+            else:
+                freed += f.stat().st_size if f.stat().st_nlink == 1 else 0
+                f.unlink()
+    return freed
+
+
+def first_runs(root: Path) -> set[Path]:
+    """Each task's first run (the one ``<timestamp>`` stands for) as things stand now."""
+    out = set()
+    for runs in root.glob("logs/*/runs"):
+        try:
+            out.add(first_run(root, runs.parent.name))
+        except AssertionError:  # no run of this task has a checkpoints folder yet
+            pass
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +226,35 @@ def project(tmp_path_factory) -> Path:
     return root
 
 
+def test_pruning_keeps_what_later_readme_commands_reach(tmp_path):
+    """The README test deletes weights as it goes: never those of a first run or of a task a later
+    ``ckpt_path=last`` resumes; always those of other runs and of sweeps."""
+    def run(task: str, name: str, sweep: bool = False) -> Path:
+        d = tmp_path / "logs" / task / ("multiruns" if sweep else "runs") / name
+        (d / "checkpoints").mkdir(parents=True)
+        (d / "export").mkdir()
+        for f in ("checkpoints/last.ckpt", "export/model.safetensors", "export/config.json"):
+            (d / f).write_bytes(b"x" * 100)
+        return d
+
+    first = run("text_classification", "2026-01-01_00-00-01")
+    second = run("text_classification", "2026-01-01_00-00-09")
+    os.utime(first)  # touched later (an eval.py writing into it): still the first by its name
+    lm = [run("causal_lm", "2026-01-01_00-00-02"), run("causal_lm", "2026-01-01_00-00-03")]
+    sweep = run("text_classification", "2026-01-01_00-00-05/0", sweep=True)
+    later = ["python train.py task=causal_lm ckpt_path=last", "python eval.py run=logs/causal_lm/runs/<timestamp>"]
+    assert resumed_tasks(later) == {"causal_lm"}
+    assert resumed_tasks(["python train.py ckpt_path=logs/x/last.ckpt"]) == set()
+    assert first_runs(tmp_path) == {first, lm[0]}
+    freed = prune_weights(tmp_path, first_runs(tmp_path), resumed_tasks(later))
+    assert freed == 400
+    for d in (first, *lm):
+        assert (d / "checkpoints" / "last.ckpt").is_file() and (d / "export" / "model.safetensors").is_file()
+    for d in (second, sweep):
+        assert not list(d.glob("checkpoints/*.ckpt")) and not (d / "export" / "model.safetensors").exists()
+        assert (d / "export" / "config.json").is_file() and (d / "checkpoints").is_dir()
+
+
 def test_every_readme_command_is_run_or_has_a_reason():
     cmds = readme_commands()
     assert len(cmds) > 30
@@ -195,7 +270,10 @@ def test_readme_commands_work_as_written(project):
     ran, skipped, seconds = [], [], []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("LMFORGE_DATA_DIR", None)  # default paths: ../shared/data beside the copy
-    for cmd in readme_commands():
+    cmds = readme_commands()
+    keep_runs: set[Path] = set()  # a run once first stays kept, whatever later commands do to its mtime
+    freed = 0
+    for i, cmd in enumerate(cmds):
         why = why_not_here(cmd)
         if why:
             skipped.append((cmd, why))
@@ -224,7 +302,10 @@ def test_readme_commands_work_as_written(project):
         assert proc.returncode == 0, (f"README command failed ({proc.returncode}): {cmd}\nran: {full}\n"
                                       f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
         ran.append(cmd)
-    print(f"ran {len(ran)} README commands in {sum(t for t, _ in seconds):.0f} s; the slowest:")
+        keep_runs |= first_runs(project)
+        freed += prune_weights(project, keep_runs, resumed_tasks(cmds[i + 1:]))
+    print(f"ran {len(ran)} README commands in {sum(t for t, _ in seconds):.0f} s "
+          f"({freed / 2**30:.1f} GiB of unreachable runs' weights deleted on the way); the slowest:")
     for t, c in sorted(seconds, reverse=True)[:15]:
         print(f"  {t:6.1f} s  {c}")
     print("not here: " + "; ".join(f"{c} ({w})" for c, w in skipped))
