@@ -8,10 +8,14 @@
 Arms, each run in a fresh subprocess of this script (``--arm <arm>``), so that peak memory is the arm's own:
 
 * ``lmforge``: the real config tree (``task=instruction_tuning`` plus the overrides below) and
-  ``lmforge.train.train(cfg)`` in process, with lmforge's data defaults for the task: one conversation per row
+  ``lmforge.train.train(cfg)`` in process, with lmforge's data defaults for the task: one conversation per example
   (``data.packing=false``), random batches (``data.group_by_length=false``: the Trainer's order, so no
-  ``lmforge_same`` arm is needed), right padding, labels on the assistant tokens only, the conversations
-  tokenized once before training (token cache), ``torch.optim.AdamW``, the per-epoch ``last.ckpt`` write;
+  ``lmforge_same`` arm is needed), padding-free batches (``data.padding_free=auto``, on for GPT-2: each batch's
+  conversations in rows of at most 256 tokens with restarting position ids, so the same batches and the same loss
+  without computing on padding), labels on the assistant tokens only, the conversations tokenized once before
+  training (token cache), ``torch.optim.AdamW``, the per-epoch ``last.ckpt`` write;
+* ``lmforge_padded`` (not in the default ``--arms``): lmforge with ``data.padding_free=false``: one conversation per
+  row, right padding and an attention mask, as the Trainer's batches;
 * ``trainer``: ``transformers.Trainer`` + ``DataCollatorForSeq2Seq`` (``input_ids`` padded with the pad id,
   ``labels`` with -100, an attention mask) on a ``datasets.Dataset`` holding EXACTLY the token ids and label
   masks lmforge's datamodule produced for the same conversations (same tokenizer, chat template and prompt
@@ -61,10 +65,12 @@ import text_classification_vs_trainer as harness  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 DEFAULT_OUT = ROOT / "logs" / "benchmarks" / "instruction_tuning_vs_trainer.json"
-# lmforge: the task's own batch order (random: data.group_by_length=false); lmforge_grouped: data.group_by_length=true
-# (batches of conversations of similar lengths: less padding, other batches than the Trainer's)
-ARMS = ("lmforge", "trainer", "lmforge_grouped")
-GROUPED = {"lmforge": None, "lmforge_grouped": True}
+# lmforge: the task's defaults (random batches, padding-free); lmforge_padded: the same batches, padded
+# (data.padding_free=false); lmforge_grouped: data.group_by_length=true (batches of conversations of similar lengths:
+# less padding, other batches than the Trainer's)
+ARMS = ("lmforge", "trainer", "lmforge_padded", "lmforge_grouped")
+ARM_OVERRIDES = {"lmforge": [], "lmforge_padded": ["data.padding_free=false"],
+                 "lmforge_grouped": ["data.group_by_length=true"]}
 
 
 # -- shared by both arms -------------------------------------------------------------------------------
@@ -120,7 +126,7 @@ def answer_loss(model: Any, arrays: Any, pad_id: int, batch_size: int = 32) -> d
 
 
 # -- arm: lmforge --------------------------------------------------------------------------------------
-def run_lmforge(a: argparse.Namespace, clock: PhaseClock, run_dir: Path, grouped: bool | None = None) -> dict:
+def run_lmforge(a: argparse.Namespace, clock: PhaseClock, run_dir: Path, extra: list[str]) -> dict:
     import lightning as L
     from omegaconf import open_dict
 
@@ -136,7 +142,8 @@ def run_lmforge(a: argparse.Namespace, clock: PhaseClock, run_dir: Path, grouped
                 clock.start()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            clock.count(batch["input_ids"], batch.get("attention_mask"))
+            clock.count(batch["input_ids"], batch.get("attention_mask"), batch.get("num_sequences"),
+                        batch.get("num_tokens"))
             clock.step_end(last=batch_idx + 1 >= trainer.num_training_batches
                            and trainer.current_epoch + 1 >= trainer.max_epochs)
 
@@ -148,7 +155,7 @@ def run_lmforge(a: argparse.Namespace, clock: PhaseClock, run_dir: Path, grouped
 
     cb = Clock()
     sys.modules["__main__"]._BenchClock = lambda: cb  # type: ignore[attr-defined]
-    overrides = base_overrides(a) + ([] if grouped is None else [f"data.group_by_length={str(grouped).lower()}"])
+    overrides = base_overrides(a) + list(extra)
     cfg = compose_config(overrides, run_dir, Path(a.cache_dir), Path(a.data_dir))
     with open_dict(cfg):
         cfg.callbacks.bench_clock = {"_target_": "__main__._BenchClock"}
@@ -158,6 +165,7 @@ def run_lmforge(a: argparse.Namespace, clock: PhaseClock, run_dir: Path, grouped
     return {**quality, "train_data": checksum(dm.datasets["train"].arrays),
             "val_data": checksum(dm.datasets["validation"].arrays), "init_weights_sum": cb.init_sum,
             "packing": bool(cfg.data.packing), "group_by_length": bool(cfg.data.group_by_length),
+            "padding_free": bool(dm.flatten),
             "config": {"overrides": overrides}}
 
 
@@ -196,7 +204,8 @@ def run_trainer(a: argparse.Namespace, clock: PhaseClock, run_dir: Path) -> dict
     def collate(features):
         batch = inner(features)
         if armed["on"]:
-            clock.count(batch["input_ids"], batch.get("attention_mask"))
+            clock.count(batch["input_ids"], batch.get("attention_mask"), batch.get("num_sequences"),
+                        batch.get("num_tokens"))
         return batch
 
     class BenchClock(TrainerCallback):
@@ -239,7 +248,7 @@ def child(a: argparse.Namespace) -> int:
     run_dir = Path(a.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    out = run_trainer(a, clock, run_dir) if a.arm == "trainer" else run_lmforge(a, clock, run_dir, GROUPED[a.arm])
+    out = run_trainer(a, clock, run_dir) if a.arm == "trainer" else run_lmforge(a, clock, run_dir, ARM_OVERRIDES[a.arm])
     res = {"arm": a.arm, **clock.result(), **out, "process_sec": time.perf_counter() - t0,
            "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "loadavg_end": os.getloadavg()}
     if a.profile != "none":

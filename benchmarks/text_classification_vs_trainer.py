@@ -140,11 +140,17 @@ class PhaseClock:
         self.cpu0 = time.process_time()
         self.t0 = time.perf_counter()
 
-    def count(self, input_ids: Any, attention_mask: Any | None) -> None:
+    def count(self, input_ids: Any, attention_mask: Any | None, samples: int | None = None,
+              tokens: int | None = None) -> None:
+        """A batch's samples and real tokens (``samples``/``tokens``: what a packed or padding-free batch reports,
+        whose rows are not samples), and the tokens computed (rows x width)."""
         n, width = int(input_ids.shape[0]), int(input_ids.shape[1])
-        self.samples += n
+        self.samples += n if samples is None else int(samples)
         self.padded_tokens += n * width
-        self.tokens += int(attention_mask.sum()) if attention_mask is not None else n * width
+        if tokens is not None:
+            self.tokens += int(tokens)
+        else:
+            self.tokens += int(attention_mask.sum()) if attention_mask is not None else n * width
 
     def step_end(self, last: bool) -> None:
         if last:

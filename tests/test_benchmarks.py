@@ -226,6 +226,9 @@ def test_instruction_tuning_benchmark_runs_both_arms_on_the_same_tokens(tmp_path
     assert runs["lmforge"]["train_data"] == runs["trainer"]["train_data"]
     assert runs["lmforge"]["init_weights_sum"] == pytest.approx(runs["trainer"]["init_weights_sum"])
     assert runs["lmforge"]["tokens"] == runs["trainer"]["tokens"]
+    # lmforge's default batches are padding-free: the same conversations per step, less padding computed
+    assert runs["lmforge"]["padding_free"] is True
+    assert runs["lmforge"]["padding_fraction"] < runs["trainer"]["padding_fraction"]
     # both samplers draw epoch 1 from randperm seeded 42 and 4 steps get no warmup: the same batches, the same updates
     assert runs["lmforge"]["val_loss"] == pytest.approx(runs["trainer"]["val_loss"], abs=2e-3)
     med, ratio = doc["summary"]["median"], doc["summary"]["ratio_lmforge_over_trainer"]

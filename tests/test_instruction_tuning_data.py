@@ -1,7 +1,9 @@
 """Instruction-tuning data without training: the formats people write, the errors on bad rows (file:line and the
 message asserted), the labels on hand-made conversations (exactly the assistant's tokens), truncation counts, and
-packing: the loss of a packed batch equals the loss of the same conversations unpacked (float32, 1e-5), for GPT-2
-and Llama, through transformers' own model code."""
+packing and padding-free batches: the loss of a packed batch, and of a batch's conversations put into shared rows,
+equals the loss of the same conversations padded (float32, 1e-5), for GPT-2 and Llama under sdpa and eager
+attention, through transformers' own model code; a model whose attention mixes a row's sequences (OPT) is found
+and refused."""
 
 from __future__ import annotations
 
@@ -12,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmforge.tasks.instruction_tuning.data import InstructionTuningDataModule, collate_chat, pack
+from lmforge.tasks.instruction_tuning.data import InstructionTuningDataModule, collate_chat, fill_rows, pack
 from lmforge.tasks.instruction_tuning.formats import read_conversations
-from lmforge.tasks.instruction_tuning.module import assistant_loss, chat_forward
+from lmforge.tasks.instruction_tuning.module import assistant_loss, chat_forward, keeps_packed_apart
 from lmforge.tasks.instruction_tuning.template import (END, IGNORE, TEMPLATE, encode_conversation,
                                                        ensure_chat_template, stop_token_ids)
 from lmforge.data.sources import read_table
-from lmforge.utils.errors import DataError
+from lmforge.utils.errors import ConfigError, DataError
 
 WORDS = ("hello world how are you today I am fine thanks what is the opposite of hot cold it is a small dog "
          "the plural of cat is cats please answer briefly good morning").split()
@@ -228,3 +230,84 @@ def test_pack_keeps_whole_examples_in_order():
     rows = pack(ex, 9)
     assert [r[0] for r in rows] == [[1] * 5 + [2] * 4, [3] * 3, [4] * 9]
     assert rows[0][2] == [0, 1, 2, 3, 4, 0, 1, 2, 3]
+
+
+# -- padding-free batches -------------------------------------------------------------------------
+def _tiny(family: str, vocab: int, attention: str = "sdpa"):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    size = dict(gpt2=dict(n_layer=2, n_embd=64, n_head=2, n_positions=256),
+                llama=dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2, intermediate_size=128,
+                           max_position_embeddings=256),
+                opt=dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2, ffn_dim=128,
+                         word_embed_proj_dim=64, max_position_embeddings=256))[family]
+    config = AutoConfig.for_model(family, vocab_size=vocab, bos_token_id=0, eos_token_id=0, pad_token_id=0, **size)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attention).eval()
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_padding_free_batches_give_the_padded_loss(tok, family, attention):
+    model = _tiny(family, len(tok), attention)
+    assert keeps_packed_apart(model) is True and not model.training  # the probe leaves the mode as it was
+    examples = [{"input_ids": x, "labels": y} for x, y in _examples(tok)]
+
+    def loss(batch):
+        with torch.no_grad():
+            return float(assistant_loss(chat_forward(model, batch).logits, batch["labels"]))
+
+    padded = collate_chat(examples, tok.pad_token_id)
+    free = collate_chat(examples, tok.pad_token_id, padding_free=True, capacity=64)
+    assert "attention_mask" not in free and free["input_ids"].shape[0] < len(examples)
+    assert free["input_ids"].numel() < padded["input_ids"].numel()  # less padding computed
+    assert free["num_sequences"] == len(examples)
+    assert free["num_tokens"] == int(padded["attention_mask"].sum())
+    assert int((free["labels"] != IGNORE).sum()) == int((padded["labels"] != IGNORE).sum())
+    assert abs(loss(free) - loss(padded)) < 1e-5
+    # the check has teeth: the same rows attending across conversations give another loss
+    leaky = {"input_ids": free["input_ids"], "labels": free["labels"],
+             "attention_mask": torch.ones_like(free["input_ids"])}
+    assert abs(loss(leaky) - loss(padded)) > 1e-3
+
+
+def test_fill_rows_puts_the_longest_first_and_keeps_each_example_whole():
+    ex = [{"input_ids": [k] * n, "labels": [k] * n} for k, n in ((1, 3), (2, 7), (3, 2), (4, 5), (5, 12))]
+    rows = fill_rows(ex, 10)
+    # longest first: 12 alone (over capacity), 7 (+3 fits: 10), 5 (+2: 7); each row keeps the batch's order
+    assert [r["input_ids"] for r in rows] == [[5] * 12, [1] * 3 + [2] * 7, [3] * 2 + [4] * 5]
+    assert rows[1]["position_ids"] == [0, 1, 2, 0, 1, 2, 3, 4, 5, 6]
+    batch = collate_chat(ex, 0, padding_free=True, capacity=10)
+    assert batch["input_ids"].shape == (3, 12) and batch["num_sequences"] == 5 and batch["num_tokens"] == 29
+    assert batch["position_ids"][2].tolist() == [0, 1, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4]  # the padding: a sequence of its own
+    assert batch["labels"][2, 7:].eq(IGNORE).all()
+
+
+def _chat_dm(tmp_path, **kw) -> InstructionTuningDataModule:
+    path = tmp_path / "chats.jsonl"
+    path.write_text(json.dumps({"messages": [u("hello"), a("hi")]}) + "\n")
+    return InstructionTuningDataModule(train_file=str(path), source="local", max_length=32, **kw)
+
+
+def test_a_model_that_mixes_packed_sequences_is_found_and_refused(tok, tmp_path):
+    """OPT numbers its positions from the attention mask and builds its own mask: a packed row's conversations
+    would attend to each other. The probe says so; packing and padding_free=true are refused with the fix, auto
+    falls back to padded batches."""
+    opt = _tiny("opt", len(tok))
+    assert keeps_packed_apart(opt) is False
+    examples = [{"input_ids": x, "labels": y} for x, y in _examples(tok)]
+    free = collate_chat(examples, tok.pad_token_id, padding_free=True, capacity=64)
+    padded = collate_chat(examples, tok.pad_token_id)
+    with torch.no_grad():  # what the refusal prevents: OPT's loss on shared rows is not the padded loss
+        losses = [float(assistant_loss(opt(**{k: b[k] for k in ("input_ids", "attention_mask", "position_ids")
+                                              if k in b}, use_cache=False).logits, b["labels"])) for b in (free, padded)]
+    assert abs(losses[0] - losses[1]) > 1e-3
+    for kw, key in (({"packing": True}, "data.packing=true"), ({"padding_free": True}, "data.padding_free=true")):
+        with pytest.raises(ConfigError, match=re.escape(key) + r".*\(opt\).*data.padding_free=false"):
+            _chat_dm(tmp_path, **kw).use_padding_free(False, "opt")
+    assert _chat_dm(tmp_path).use_padding_free(False, "opt") is False
+    assert _chat_dm(tmp_path).use_padding_free(True, "gpt2") is True
+    assert _chat_dm(tmp_path, padding_free=False).use_padding_free(True, "gpt2") is False
+    assert _chat_dm(tmp_path, packing=True).use_padding_free(True, "gpt2") is False  # rows already packed
+    with pytest.raises(ConfigError, match="data.padding_free=maybe: expected auto, true or false"):
+        _chat_dm(tmp_path, padding_free="maybe")

@@ -7,6 +7,7 @@ sample whose assistant-token validation loss falls to under a fifth of the untra
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -101,12 +102,21 @@ def test_eval_answers_a_file_of_conversations(run, tmp_path):
     assert (tmp_path / "eval" / "conversations.jsonl").is_file()
 
 
-@pytest.mark.parametrize("extra", [["data.packing=true", "data.assistant_only_loss=false"],
-                                   ["model=llama", "data.packing=true"]], ids=["packed-whole-sequence", "llama-packed"])
-def test_fast_dev_run(make_cfg, extra):
+@pytest.mark.parametrize("extra, batches", [
+    (["data.packing=true", "data.assistant_only_loss=false"], "packed rows"),
+    (["model=llama", "data.packing=true"], "packed rows"),
+    ([], "padding-free, each batch's conversations in rows of at most 256 tokens"),
+    (["model=llama"], "padding-free"),
+    (["data.padding_free=false"], "one conversation per row, padded (data.padding_free=false)")],
+    ids=["packed-whole-sequence", "llama-packed", "defaults", "llama-padding-free", "padded"])
+def test_fast_dev_run(make_cfg, extra, batches, caplog):
     cfg = make_cfg(["task=instruction_tuning", "debug=fdr", *extra, "extras.print_config=false",
                     "task.generation.max_new_tokens=4", "predict.texts=null"])
-    assert train(cfg)["params/total"] > 0
+    with caplog.at_level(logging.INFO, logger="lmforge.tasks.instruction_tuning.data"):
+        assert train(cfg)["params/total"] > 0
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("batches: ")]
+    assert said and said[0].startswith(f"batches: {batches}"), said
+
 
 
 def test_lora_trains_adapters_and_exports_merged_weights_and_the_adapter(make_cfg):

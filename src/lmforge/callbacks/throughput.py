@@ -85,9 +85,11 @@ class Throughput(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         ids = batch["input_ids"]
-        self.samples += ids.shape[0]
+        # packed and padding-free batches say how many sequences and real tokens their rows hold
+        self.samples += int(batch.get("num_sequences") or ids.shape[0])
         mask = batch.get("attention_mask")
-        self.tokens = self.tokens + (mask.sum() if mask is not None else ids.numel())
+        real = batch.get("num_tokens")
+        self.tokens = self.tokens + (real if real is not None else mask.sum() if mask is not None else ids.numel())
         every = self.every or trainer.log_every_n_steps
         if (batch_idx + 1) % every == 0 and self.t0 is not None:
             dt = time.perf_counter() - self.t0

@@ -16,8 +16,15 @@ training) is :class:`lmforge.data.datamodule.LMForgeDataModule`'s. What this tas
    ``data.max_length`` tokens, with ``position_ids`` restarting at 0 for each; batches then carry no attention
    mask, and the model (transformers' packed-sequence detection from the position ids) lets each token attend
    only to the earlier tokens of its own conversation: the loss is the loss of the same conversations unpacked;
-5. batches: right padding, ``labels`` padded with -100, an attention mask (unpacked) or position ids (packed,
-   the padding being a sequence of its own).
+5. padding-free batches (``data.padding_free``, ``auto`` by default): each batch's conversations are put into as few
+   rows of at most ``data.max_length`` tokens as fit them (first fit, longest first), with restarting
+   ``position_ids`` as in packing; the batches hold the same conversations as padded ones, in the same order of
+   batches, so training follows the same course, without computing on padding. ``auto`` turns it on when the
+   model's attention keeps packed sequences apart (checked on the built model, see
+   :func:`lmforge.tasks.instruction_tuning.module.keeps_packed_apart`), ``true`` requires it;
+6. batches: right padding, ``labels`` padded with -100, an attention mask (one conversation per row) or position
+   ids (packed or padding-free rows, the padding being a sequence of its own), and then the plain counts
+   ``num_sequences`` (conversations) and ``num_tokens`` (tokens that are not padding).
 
 Prediction inputs are user messages (a text), conversations (``{"messages": [...]}``, or any of the formats
 above, answered after their last user turn), read from ``predict.texts`` or ``predict.file``.
@@ -46,6 +53,7 @@ from lmforge.utils.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 TRUNCATION = ("drop", "truncate")
+PADDING_FREE = ("auto", True, False)
 FIELDS = ("input_ids", "labels", "position_ids")
 VAL_PROMPTS = 16  # validation conversations kept (prompt + reference) for the generations printed at validation
 
@@ -67,9 +75,45 @@ def pack(examples: Sequence[tuple[list[int], list[int]]], length: int) -> list[t
     return rows
 
 
-def collate_chat(examples: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right padding: ``input_ids`` with ``pad_id``, ``labels`` with -100; an ``attention_mask`` for unpacked
-    rows, or ``position_ids`` (the padding numbered 0, 1, ... as a sequence of its own) for packed rows."""
+def fill_rows(examples: Sequence[Mapping[str, Any]], capacity: int) -> list[dict[str, list[int]]]:
+    """A batch's examples in as few rows of at most ``capacity`` tokens as first fit finds (longest first; an example
+    longer than ``capacity`` gets a row of its own), ``position_ids`` restarting at 0 for each example."""
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = len(examples[i]["input_ids"])
+        for r, free in enumerate(room):
+            if n <= free:
+                rows[r].append(i)
+                room[r] -= n
+                break
+        else:
+            rows.append([i])
+            room.append(capacity - n)
+    out = []
+    for members in rows:
+        ids: list[int] = []
+        labels: list[int] = []
+        pos: list[int] = []
+        for i in sorted(members):
+            e = examples[i]
+            ids += list(e["input_ids"])
+            labels += list(e["labels"]) if "labels" in e else [IGNORE] * len(e["input_ids"])
+            pos += range(len(e["input_ids"]))
+        out.append({"input_ids": ids, "labels": labels, "position_ids": pos})
+    return out
+
+
+def collate_chat(examples: Sequence[Mapping[str, Any]], pad_id: int, padding_free: bool = False,
+                 capacity: int = 0) -> dict[str, Any]:
+    """Right padding: ``input_ids`` with ``pad_id``, ``labels`` with -100; an ``attention_mask`` for rows of one
+    conversation, or ``position_ids`` (the padding numbered 0, 1, ... as a sequence of its own) for packed rows
+    (examples with ``position_ids``) and, with ``padding_free``, for the batch's conversations put into rows of at
+    most ``capacity`` tokens (:func:`fill_rows`). Packed and padding-free batches also hold ``num_sequences`` and
+    ``num_tokens`` (plain ints): their rows are not conversations, and they carry no mask to count tokens from."""
+    if padding_free and "position_ids" not in examples[0]:
+        examples = fill_rows(examples, capacity)
     width = max(len(e["input_ids"]) for e in examples)
     n = len(examples)
     ids = np.full((n, width), pad_id, dtype=np.int64)
@@ -86,10 +130,13 @@ def collate_chat(examples: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str
             extra[i, k:] = np.arange(width - k)
         else:
             extra[i, :k] = 1
-    batch = {"input_ids": torch.from_numpy(ids)}
+    batch: dict[str, Any] = {"input_ids": torch.from_numpy(ids)}
     batch["position_ids" if packed else "attention_mask"] = torch.from_numpy(extra)
     if "labels" in examples[0]:
         batch["labels"] = torch.from_numpy(labels)
+    if packed:
+        batch["num_sequences"] = int(sum(np.count_nonzero(np.asarray(e["position_ids"]) == 0) for e in examples))
+        batch["num_tokens"] = int(sum(len(e["input_ids"]) for e in examples))
     return batch
 
 
@@ -102,7 +149,8 @@ class InstructionTuningDataModule(LMForgeDataModule):
 
     def __init__(self, train_file: Any = None, validation_file: Any = None, test_file: Any = None,
                  format: str | None = "auto", alternation: bool = True, assistant_only_loss: bool = True,
-                 max_length: int = 512, truncation: str = "drop", packing: bool = False, sample: str | None = None,
+                 max_length: int = 512, truncation: str = "drop", packing: bool = False, padding_free: Any = "auto",
+                 sample: str | None = None,
                  batch_size: int = 16, eval_batch_size: int | None = None, model: Mapping | None = None,
                  tsv_quoting: str | None = "none",
                  # text classification's keys, shared through data/_common.yaml (data=local, data=hub); unused here
@@ -115,6 +163,12 @@ class InstructionTuningDataModule(LMForgeDataModule):
             raise ConfigError(f"data.max_length={max_length}: expected a token count of at least 8")
         self.alternation, self.assistant_only_loss = bool(alternation), bool(assistant_only_loss)
         self.max_length, self.truncation, self.packing = int(max_length), truncation, bool(packing)
+        if padding_free not in PADDING_FREE:
+            raise ConfigError(f"data.padding_free={padding_free}: expected auto, true or false")
+        self.padding_free = "auto" if padding_free == "auto" else bool(padding_free)
+        # whether batches are collated padding-free: decided by use_padding_free once the model is built (until
+        # then, and where no module tells, batches are padded, which every model computes correctly)
+        self.flatten = False
         self.tsv_quoting = tsv_quoting or "none"
         super().__init__(files={"train": train_file, "validation": validation_file, "test": test_file}, sample=sample,
                          batch_size=batch_size, eval_batch_size=eval_batch_size, model=model, **common)
@@ -220,8 +274,27 @@ class InstructionTuningDataModule(LMForgeDataModule):
     def lengths(self, split: str) -> Sequence[int]:
         return self.datasets[split].arrays["lengths"]  # type: ignore[attr-defined]
 
-    def collate(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
-        return collate_chat(examples, self.tokenizer.pad_token_id)
+    def use_padding_free(self, supported: bool | None, model_type: str) -> bool:
+        """Called by the module once the model is built: ``supported`` says whether its attention keeps packed
+        sequences apart (None: not known). Packing and ``padding_free=true`` need it; ``auto`` follows it."""
+        wanted = [k for k, on in (("data.packing=true", self.packing), ("data.padding_free=true",
+                                                                        self.padding_free is True)) if on]
+        if wanted and supported is False:
+            raise ConfigError(f"{' and '.join(wanted)}: the model ({model_type}) does not keep the sequences of a row "
+                              "apart (its attention does not use transformers' packed-sequence masks), so "
+                              "conversations would attend to each other; set data.packing=false "
+                              "data.padding_free=false (padded batches)")
+        self.flatten = not self.packing and (self.padding_free is True or (self.padding_free == "auto"
+                                                                          and bool(supported)))
+        log.info("batches: %s", "packed rows (data.packing=true)" if self.packing else
+                 f"padding-free, each batch's conversations in rows of at most {self.max_length} tokens "
+                 "(data.padding_free)" if self.flatten else "one conversation per row, padded "
+                 f"(data.padding_free={str(self.padding_free).lower()}"
+                 + (", the model does not keep packed sequences apart)" if self.padding_free == "auto" else ")"))
+        return self.flatten
+
+    def collate(self, examples: Sequence[dict]) -> dict[str, Any]:
+        return collate_chat(examples, self.tokenizer.pad_token_id, self.flatten, self.max_length)
 
     def val_prompts(self) -> list[dict]:
         return list((self.meta or {}).get("val_prompts") or [])

@@ -64,6 +64,41 @@ def chat_forward(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> A
     return model(**{k: batch[k] for k in MODEL_KEYS if k in batch}, use_cache=False)
 
 
+def keeps_packed_apart(model: torch.nn.Module) -> bool | None:
+    """Whether the model keeps the sequences of a packed row apart: one forward pass of a 5-token row of two
+    sequences (``position_ids`` 0 1 2 0 1, no attention mask, no cache), watching whether transformers' masking
+    utilities found them (``find_packed_sequence_indices``, which every model built on them calls). Models with an
+    attention of their own never call it, and a row's sequences would attend to each other there. None: not known
+    (weights on the meta device)."""
+    import transformers.masking_utils as masking
+
+    params = list(model.parameters())
+    if not params or params[0].device.type == "meta":
+        return None
+    device = params[0].device
+    vocab = int(model.get_input_embeddings().num_embeddings)
+    ids = torch.tensor([[1, 2, 3, 1, 2]], device=device) % vocab
+    positions = torch.tensor([[0, 1, 2, 0, 1]], device=device)
+    found: list[bool] = []
+    real = masking.find_packed_sequence_indices
+
+    def watched(position_ids: torch.Tensor) -> torch.Tensor | None:
+        out = real(position_ids)
+        found.append(out is not None)
+        return out
+
+    training = model.training
+    masking.find_packed_sequence_indices = watched
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(input_ids=ids, position_ids=positions, use_cache=False)
+    finally:
+        masking.find_packed_sequence_indices = real
+        model.train(training)
+    return any(found)
+
+
 def assistant_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of each labelled token given the tokens before it (-100: not in the loss)."""
     targets = labels[:, 1:].reshape(-1)
@@ -101,6 +136,7 @@ class InstructionTuningModule(TaskModule):
                  val_generations: int = 4, lora: Mapping | bool | None = None, dropout: float | None = None,
                  **kwargs: Any):
         super().__init__(model, optimizer, scheduler, **kwargs)
+        self.packed_attention: bool | None = None  # keeps_packed_apart of the built model
         if dropout is not None and not 0.0 <= float(dropout) < 1.0:
             raise ConfigError(f"task.dropout={dropout}: expected a probability in [0, 1), or null (the model's own)")
         self.dropout = None if dropout is None else float(dropout)
@@ -148,9 +184,26 @@ class InstructionTuningModule(TaskModule):
             for k in DROPOUT_FIELDS:
                 if isinstance(getattr(model.config, k, None), float):
                     setattr(model.config, k, self.dropout)
+        # before LoRA and sharding: a plain forward pass of the model as built
+        self.packed_attention = keeps_packed_apart(model)
         if self.lora["enabled"]:
             model = apply_lora(model, self.lora)
         return model
+
+    def configure_model(self) -> None:
+        built = self.model is None
+        super().configure_model()
+        dm = self.trainer.datamodule if built and self._trainer is not None else None
+        if dm is None or not hasattr(dm, "use_padding_free"):
+            return
+        # how the datamodule collates, now that the models are known: every model that reads the rows (a
+        # distillation teacher too) must keep their sequences apart
+        supported, kinds = self.packed_attention, [str(getattr(self.trainable().config, "model_type", "?"))]
+        for name, frozen in self.frozen_modules().items():
+            apart = keeps_packed_apart(frozen)
+            kinds.append(f"{name}: {getattr(frozen.config, 'model_type', '?')}")
+            supported = False if False in (supported, apart) else (None if None in (supported, apart) else True)
+        dm.use_padding_free(supported, ", ".join(kinds))
 
     def export(self, folder: str | Path, tokenizer: Any = None, state_dict: dict | None = None) -> Path:
         """The model (LoRA: the adapters merged into a copy of the weights; ``task.lora.save_adapter``: the adapter
@@ -177,6 +230,10 @@ class InstructionTuningModule(TaskModule):
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Any:
         return chat_forward(self.model, batch)
+
+    def batch_size_of(self, batch: Mapping[str, Any]) -> int:
+        # conversations: a packed or padding-free batch counts them (its rows are not conversations)
+        return int(batch.get("num_sequences") or batch["input_ids"].shape[0])
 
     def loss(self, outputs: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return assistant_loss(outputs.logits, batch["labels"])
