@@ -55,7 +55,7 @@ class Blocks(L.Callback):
 '''
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chunks(tmp_path_factory, cache_dir) -> Path:
     """The embedded tales (train.txt + validation.txt) as litdata chunks, tokenizer trained by the task."""
     root = tmp_path_factory.mktemp("litdata")
@@ -188,7 +188,7 @@ def test_ddp_two_processes_see_different_blocks(chunks, tmp_path, probe, cache_d
     assert len(b0) == len(b1) == 12 and not b0 & b1
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def small_chunks(tmp_path_factory, cache_dir) -> Path:
     """The first 24 tales (a few data epochs in a dozen steps), 4 of them carved out for validation."""
     from lmforge.data.text_corpus import read_documents

@@ -271,7 +271,6 @@ def test_readme_commands_work_as_written(project):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("LMFORGE_DATA_DIR", None)  # default paths: ../shared/data beside the copy
     cmds = readme_commands()
-    keep_runs: set[Path] = set()  # a run once first stays kept, whatever later commands do to its mtime
     freed = 0
     for i, cmd in enumerate(cmds):
         why = why_not_here(cmd)
@@ -302,8 +301,8 @@ def test_readme_commands_work_as_written(project):
         assert proc.returncode == 0, (f"README command failed ({proc.returncode}): {cmd}\nran: {full}\n"
                                       f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
         ran.append(cmd)
-        keep_runs |= first_runs(project)
-        freed += prune_weights(project, keep_runs, resumed_tasks(cmds[i + 1:]))
+        # a task's first run (by folder name, its start time) stays first once it exists: kept from then on
+        freed += prune_weights(project, first_runs(project), resumed_tasks(cmds[i + 1:]))
     print(f"ran {len(ran)} README commands in {sum(t for t, _ in seconds):.0f} s "
           f"({freed / 2**30:.1f} GiB of unreachable runs' weights deleted on the way); the slowest:")
     for t, c in sorted(seconds, reverse=True)[:15]:
