@@ -100,6 +100,25 @@ def test_eval_answers_a_file_of_conversations(run, tmp_path):
     assert [r["answer"] for r in out] == [r["answer"] for r in ours[:2]]
     assert [r["reference"] for r in out] == ["reference", "reference"]  # the file's own answers kept beside
     assert (tmp_path / "eval" / "conversations.jsonl").is_file()
+    # eval.py's report: what it evaluated, no labelled data (split=null), its predictions and files
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert f"| run | {cfg.paths.output_dir} |" in report and "| labelled data | none (split=null) |" in report
+    assert "_no metrics (no labelled data was evaluated)_" in report  # generation reports no prediction speed
+    assert json.dumps(out[0]["messages"][0]["content"])[1:-1] in report  # the first prediction's line
+    assert "- [conversations.jsonl](conversations.jsonl)" in report and "- [metrics.json](metrics.json)" in report
+
+
+def test_eval_report_names_the_split_its_metrics_were_computed_on(run, tmp_path):
+    from lmforge.evaluate import evaluate
+
+    base, cfg, _ = run
+    ecfg = compose_cfg([f"run={cfg.paths.output_dir}", "split=validation"], tmp_path / "eval", base / "cache",
+                       config_name="eval")
+    metrics = evaluate(ecfg)
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "| labelled data | the run's validation split |" in report and "(`validation/*`)" in report
+    assert f"| validation/loss | {metrics['validation/loss']:.4g}" in report.replace("|  ", "| ")
+    assert "test/" not in report and "## Predictions" not in report
 
 
 @pytest.mark.parametrize("extra, batches", [

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import ROOT, TINY, needs_shared, run_script
+from conftest import TINY, needs_shared, run_script
 from lmforge.train import train
 
 NEW_TEXTS = ["I really enjoyed this film.", "What a waste of time.", "The soup was cold and bland.",
@@ -88,6 +87,9 @@ def test_eval_script_evaluates_and_predicts_from_the_run_config(finished_run, tm
     assert [p["label"] for p in preds] == ["positive", "negative"] and all(0.5 < p["score"] <= 1 for p in preds)
     ev = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert abs(ev["test/accuracy"] - metrics["test/accuracy"]) < 1e-6  # same model, same split, same number
+    report = (tmp_path / "eval" / "report.md").read_text()  # the metrics, named by their split, and the speed
+    assert "| labelled data | the run's test split |" in report and "| test/accuracy |" in report
+    assert "| predict/texts_per_sec |" in report and f"First lines of `{out}`" in report
 
 
 @pytest.mark.slow

@@ -153,6 +153,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         metrics["predictions_file"] = str(dest)
         metrics["predictions"] = records
     (out / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "predictions"}, indent=2))
+    from lmforge.reports.run_report import write_eval_report
+
+    write_eval_report(out, run, ckpt_path, {k: v for k, v in metrics.items() if k != "predictions"})
     return metrics
 
 

@@ -278,3 +278,56 @@ def write_run_report(cfg: DictConfig | Mapping, run: str | Path, metrics: Mappin
     except Exception as e:  # noqa: BLE001  (a report never fails a finished run)
         log.warning("could not write %s: %s: %s", run / REPORT, type(e).__name__, e)
         return None
+
+
+def build_eval_report(out: str | Path, run: str | Path, checkpoint: str | Path, metrics: Mapping[str, Any]) -> str:
+    """``<eval output>/report.md``: what ``eval.py`` evaluated (the run, its checkpoint, the split or file) and what it
+    gave (the metrics, named by the split they were computed on), its pictures and the files it wrote."""
+    out, run = Path(out), Path(run)
+    split, source = metrics.get("split"), metrics.get("source")
+    parts = [f"# evaluation: {run.name}", "",
+             "Written by eval.py. Everything below lives in this folder.", "",
+             "## Command", "", "```bash", command_line(out, "python eval.py"), "```", "",
+             "## What was evaluated", "",
+             table(["what", "value"], [("run", str(run)), ("checkpoint", str(checkpoint)),
+                              ("labelled data", (f"`{source}`" if split == "file" else f"the run's {split} split")
+                               if split else "none (split=null)"),
+                              ("prediction precision", _fmt(metrics.get("predict/precision", "-")))]), ""]
+    rows = metric_rows({k: v for k, v in metrics.items() if k not in ("split", "source", "predictions_file")})
+    parts += ["## Metrics", "",
+              (f"From [metrics.json](metrics.json); each metric is named by the split it was computed on "
+               f"(`{split}/*`)" + (", `predict/*` the prediction speed." if any(k.startswith("predict/") for k, _ in rows)
+                                   else ".")) if split else "From [metrics.json](metrics.json).", "",
+              table(["metric", "value"], rows) if rows else "_no metrics (no labelled data was evaluated)_", ""]
+    pics = sorted(out.glob("*.png")) + pictures(out)
+    if pics:
+        parts += ["## Pictures", ""]
+        for p in pics:
+            parts += [f"![{p.stem}]({p.relative_to(out).as_posix()})", ""]
+    preds = Path(str(metrics.get("predictions_file") or out / "predictions.jsonl"))
+    if preds.is_file():
+        with open(preds, encoding="utf-8") as f:
+            first = [line.rstrip("\n")[:400] for _, line in zip(range(5), f)]
+        parts += ["## Predictions", "", f"First lines of `{preds}`:", "", "```json", *first, "```", ""]
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                   if p.is_file() and ".hydra" not in p.parts and p.name not in (REPORT, f".{REPORT}.tmp"))
+    if files:
+        parts += ["## Files", "", *[f"- [{f}]({f})" for f in files], ""]
+    return "\n".join(parts)
+
+
+def write_eval_report(out: str | Path, run: str | Path, checkpoint: str | Path, metrics: Mapping[str, Any]) -> Path | None:
+    """Write ``<eval output>/report.md``; a failure is logged, not raised (the metrics are already saved)."""
+    out = Path(out)
+    try:
+        from lmforge.utils.secrets import redact_text
+
+        text = redact_text(build_eval_report(out, run, checkpoint, metrics))
+        tmp = out / f".{REPORT}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out / REPORT)
+        log.info("wrote %s", out / REPORT)
+        return out / REPORT
+    except Exception as e:  # noqa: BLE001  (a report never fails a finished evaluation)
+        log.warning("could not write %s: %s: %s", out / REPORT, type(e).__name__, e)
+        return None
