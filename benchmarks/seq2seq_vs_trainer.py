@@ -11,12 +11,11 @@ Arms, each run in a fresh subprocess of this script (``--arm ...``), so that pea
 
 * ``lmforge``: the real config tree (``experiment=multi30k`` plus the overrides below) and
   ``lmforge.train.train(cfg)`` in process, with lmforge's defaults for translation (random batches since
-  2026-12-02: ``data.group_by_length=false``, see the README's "Translation quality") against the Trainer's
-  defaults (random batches): the figure the README and ``run_all.py`` report;
-* ``lmforge_same``: the same with ``data.group_by_length=false`` (batches of random pairs, as the Trainer's
-  default sampler gives): identical settings, the framework overhead alone;
-* ``lmforge_grouped``: the same with ``data.group_by_length=true`` (batches of pairs of similar lengths: less
-  padding, but a slower start from scratch);
+  2026-12-02: ``data.group_by_length=false``, see the README's "Translation quality"; padding-free training
+  batches, ``data.padding_free=auto``, on for T5: each batch's pairs in shared rows, the same batches and loss)
+  against the Trainer's defaults (random batches, padded): the figure the README and ``run_all.py`` report;
+* ``lmforge_same``: random batches of one pair a row, padded (``data.group_by_length=false data.padding_free=false``:
+  the Trainer's batches): identical settings, the framework overhead alone;
 * ``trainer``: ``transformers.Seq2SeqTrainer`` + ``DataCollatorForSeq2Seq`` (labels padded with -100), the pairs
   tokenized with ``text_target=`` as ``run_translation.py`` does, ``predict_with_generate=True``.
 
@@ -63,9 +62,10 @@ import text_classification_vs_trainer as harness  # noqa: E402
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 DEFAULT_OUT = ROOT / "logs" / "benchmarks" / "seq2seq_vs_trainer.json"
 ARMS = ("lmforge", "trainer", "lmforge_same", "lmforge_grouped")
-# lmforge: the recipe's own batch order (translation: random; summarization: length-grouped); lmforge_same:
-# random batches (the Trainer's order); lmforge_grouped: data.group_by_length=true
-GROUPED = {"lmforge": None, "lmforge_same": False, "lmforge_grouped": True}
+# lmforge: the recipe's own defaults (translation: random batches, padding-free rows for T5); lmforge_same: random
+# batches one pair a row, padded (the Trainer's batches); lmforge_grouped: data.group_by_length=true
+ARM_OVERRIDES = {"lmforge": [], "lmforge_same": ["data.group_by_length=false", "data.padding_free=false"],
+                 "lmforge_grouped": ["data.group_by_length=true"]}
 
 
 # what each --data trains on, and the settings lmforge's own recipe for it uses (both arms get them)
@@ -120,10 +120,9 @@ def tokenizer_folder(a: argparse.Namespace) -> tuple[str, list[dict], list[dict]
         return str(dm.tokenizer_dir), pairs, rows
 
 
-def lmforge_overrides(a: argparse.Namespace, grouped: bool | None) -> list[str]:
-    """``grouped``: data.group_by_length set to it, or (None) left at the recipe's own default."""
-    order = [] if grouped is None else [f"data.group_by_length={'true' if grouped else 'false'}"]
-    return [*base_overrides(a), f"model.tokenizer={a.tokenizer}", *order,
+def lmforge_overrides(a: argparse.Namespace, extra: list[str]) -> list[str]:
+    """``extra``: the arm's own overrides (ARM_OVERRIDES), after the shared ones."""
+    return [*base_overrides(a), f"model.tokenizer={a.tokenizer}", *extra,
             f"trainer.max_epochs={a.epochs}", "++trainer.max_time=null", "trainer.val_check_interval=null",
             "trainer.check_val_every_n_epoch=1", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
             "trainer.gradient_clip_val=1.0", "trainer.precision=32-true", f"optimizer.lr={a.lr}",
@@ -133,7 +132,7 @@ def lmforge_overrides(a: argparse.Namespace, grouped: bool | None) -> list[str]:
             *(["accelerator=cpu"] if a.device == "cpu" else [])]
 
 
-def run_lmforge(a: argparse.Namespace, clock: PhaseClock, run_dir: Path, grouped: bool | None) -> dict:
+def run_lmforge(a: argparse.Namespace, clock: PhaseClock, run_dir: Path, extra: list[str]) -> dict:
     import lightning as L
     from omegaconf import open_dict
 
@@ -146,7 +145,9 @@ def run_lmforge(a: argparse.Namespace, clock: PhaseClock, run_dir: Path, grouped
                 clock.start()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            clock.count(batch["input_ids"], batch.get("attention_mask"))
+            # padding-free rows hold several pairs: count the pairs and their source tokens, not rows and padding
+            sources = int((batch["source_segments"] >= 0).sum()) if "source_segments" in batch else None
+            clock.count(batch["input_ids"], batch.get("attention_mask"), batch.get("num_sequences"), sources)
             clock.tokens += int((batch["labels"] != -100).sum())
             clock.padded_tokens += int(batch["labels"].numel())
             clock.step_end(last=batch_idx + 1 >= trainer.num_training_batches
@@ -161,7 +162,7 @@ def run_lmforge(a: argparse.Namespace, clock: PhaseClock, run_dir: Path, grouped
     harness._LMFORGE_CLOCK = clock
     cb = Clock()
     sys.modules["__main__"]._BenchClock = lambda: cb  # type: ignore[attr-defined]
-    overrides = lmforge_overrides(a, grouped)
+    overrides = lmforge_overrides(a, extra)
     cfg = compose_config(overrides, run_dir, Path(a.cache_dir), Path(a.data_dir))
     with open_dict(cfg):
         cfg.callbacks.bench_clock = {"_target_": "__main__._BenchClock"}
@@ -170,7 +171,8 @@ def run_lmforge(a: argparse.Namespace, clock: PhaseClock, run_dir: Path, grouped
     t0 = time.perf_counter()
     hyps = [r["prediction"] for r in cb.module.predict([p["source"] for p in pairs], cb.datamodule)]
     gen_sec = time.perf_counter() - t0
-    return {"hyps": hyps, "gen_sec": gen_sec, "config": {"overrides": overrides}}
+    return {"hyps": hyps, "gen_sec": gen_sec, "config": {"overrides": overrides},
+            "padding_free": bool(cb.datamodule.flatten)}
 
 
 def run_trainer(a: argparse.Namespace, clock: PhaseClock, run_dir: Path) -> dict:
@@ -185,7 +187,7 @@ def run_trainer(a: argparse.Namespace, clock: PhaseClock, run_dir: Path) -> dict
 
     tok = AutoTokenizer.from_pretrained(a.tokenizer)
     # the same model as lmforge's arm: built by lmforge's factory from the same config and seed
-    cfg = compose_config(lmforge_overrides(a, False), run_dir / "cfg", Path(a.cache_dir), Path(a.data_dir))
+    cfg = compose_config(lmforge_overrides(a, ARM_OVERRIDES["lmforge_same"]), run_dir / "cfg", Path(a.cache_dir), Path(a.data_dir))
     dm = build_datamodule(cfg)
     module: Seq2SeqModule = build_module(cfg, facts=dm.model_facts())
     module.configure_model()
@@ -255,7 +257,7 @@ def child(a: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     out = run_trainer(a, clock, run_dir) if a.arm == "trainer" else \
-        run_lmforge(a, clock, run_dir, grouped=GROUPED[a.arm])
+        run_lmforge(a, clock, run_dir, ARM_OVERRIDES[a.arm])
     refs = [p["target"] for p in json.loads(Path(a.pairs_file).read_text())]
     hyps = out.pop("hyps")
     res = {"arm": a.arm, **clock.result(), **out, "pairs": a.train_pairs, "process_sec": time.perf_counter() - t0,

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import compose_cfg
-from lmforge.tasks.seq2seq.data import IGNORE, collate_seq2seq
+from lmforge.tasks.seq2seq.data import IGNORE, collate_padding_free, collate_seq2seq
 from lmforge.tasks.seq2seq.metrics import bleu_chrf, rouge
 from lmforge.tasks.seq2seq.readers import read_parallel
 from lmforge.train import build_datamodule
@@ -94,6 +94,69 @@ def test_hand_made_batch_label_padding_and_decoder_shift():
     cfg.decoder_start_token_id, cfg.pad_token_id = 2, 0  # [CLS] starts the decoder, [PAD] pads
     b2b = EncoderDecoderModel(config=cfg)
     assert b2b.prepare_decoder_input_ids_from_labels(labels=batch["labels"]).tolist() == [[2, 8, 9], [2, 1, 0]]
+
+
+def test_padding_free_rows_hold_whole_pairs_each_target_shifted_on_its_own():
+    ex = [{"input_ids": [5, 6, 7, 1], "labels": [8, 9, 1]}, {"input_ids": [5, 1], "labels": [1]},
+          {"input_ids": [4, 4, 1], "labels": [7, 7, 7, 1]}, {"input_ids": [9, 1], "labels": [3, 1]}]
+    b = collate_padding_free(ex, 0, 2)
+    # rows of at most 8 source and 8 target tokens (twice the longest), longest source first (first fit: the third
+    # pair joins the first, the second opens a row), the batch's order inside a row
+    assert b["input_ids"].tolist() == [[5, 6, 7, 1, 4, 4, 1], [5, 1, 9, 1, 0, 0, 0]]
+    assert b["source_segments"].tolist() == [[0, 0, 0, 0, 1, 1, 1], [0, 0, 1, 1, -1, -1, -1]]
+    assert b["labels"].tolist() == [[8, 9, 1, 7, 7, 7, 1], [1, 3, 1] + [IGNORE] * 4]
+    assert b["decoder_input_ids"].tolist() == [[2, 8, 9, 2, 7, 7, 7], [2, 2, 3, 0, 0, 0, 0]]  # the start token per pair
+    assert b["target_segments"].tolist() == [[0, 0, 0, 1, 1, 1, 1], [0, 1, 1, -1, -1, -1, -1]]
+    assert b["num_sequences"] == 4 and b["num_tokens"] == 11 + 10
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_padding_free_rows_give_the_padded_loss_for_t5(attention):
+    """Twelve pairs of random lengths, a tiny T5 (its relative position bias, both attention implementations): the
+    padding-free rows' loss equals the padded batch's (float32, 1e-5), and the same rows without the pair masks do
+    not, so the masks are what keeps each pair to itself."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from lmforge.tasks.seq2seq.module import padding_free_forward
+
+    torch.manual_seed(0)
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=40, d_model=32, d_ff=64, num_layers=2, num_heads=2, d_kv=16,
+                                             pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+                                             attn_implementation=attention)).eval()
+    g = torch.Generator().manual_seed(1)
+    ex = [{"input_ids": torch.randint(2, 40, (int(n),), generator=g).tolist() + [1],
+           "labels": torch.randint(2, 40, (int(m),), generator=g).tolist() + [1]}
+          for n, m in torch.randint(1, 12, (12, 2), generator=g)]
+
+    def loss(logits, labels):
+        return float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                       ignore_index=IGNORE))
+
+    padded = collate_seq2seq(ex, 0)
+    free = collate_padding_free(ex, 0, 0)
+    assert free["input_ids"].shape[0] < len(ex) and free["labels"].numel() < padded["labels"].numel()
+    with torch.no_grad():
+        want = loss(t5(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"],
+                       labels=padded["labels"]).logits, padded["labels"])
+        got = loss(padding_free_forward(t5, {k: free[k] for k in ("input_ids", "decoder_input_ids", "source_segments",
+                                                                  "target_segments")}).logits, free["labels"])
+        leaky = loss(t5(input_ids=free["input_ids"], decoder_input_ids=free["decoder_input_ids"]).logits, free["labels"])
+    assert abs(got - want) < 1e-5 and abs(leaky - want) > 1e-3
+
+
+def test_padding_free_is_decided_by_the_model(tmp_path):
+    dm = _dm(tmp_path, ["task=translation", "data.max_train_samples=64", "data.max_eval_samples=8"])
+    assert dm.padding_free == "auto" and dm.flatten is False  # until the module says what the model is
+    assert dm.use_padding_free(True, "t5", 0) is True
+    batch = dm.train_collate([dm.datasets["train"][i] for i in range(8)])
+    assert "source_segments" in batch and batch["num_sequences"] == 8
+    assert "source_segments" not in dm.eval_collate([dm.datasets["validation"][i] for i in range(4)])  # padded
+    assert dm.use_padding_free(False, "bart", 2) is False
+    dm.padding_free = True
+    with pytest.raises(ConfigError, match=r"data.padding_free=true: the model \(bart\)"):
+        dm.use_padding_free(False, "bart", 2)
+    with pytest.raises(ConfigError, match="data.padding_free=maybe: expected auto, true or false"):
+        _dm(tmp_path / "bad", ["task=translation", "data.padding_free=maybe"])
 
 
 def test_translation_jsonl_records_and_tables_with_language_columns(tmp_path):

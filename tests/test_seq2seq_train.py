@@ -7,6 +7,7 @@ hypotheses.txt that the sacrebleu command line scores as lmforge did), fast_dev_
 from __future__ import annotations
 
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 
 from conftest import compose_cfg, needs_shared, run_script
 from lmforge.train import train
+from lmforge.utils.errors import ConfigError
 
 NEW = ["Die müde Katze schläft in der Küche.", "Heute kauft der alte Mann einen roten Hut am Strand.",
        "Die Kinder spielen im Garten."]
@@ -111,11 +113,23 @@ def test_eval_py_on_a_parallel_prefix_file(run, tmp_path):
 
 @pytest.mark.parametrize("task", ["translation", "summarization"])
 @pytest.mark.parametrize("model", ["t5", "bart", pytest.param("bert2bert", marks=pytest.mark.slow)])
-def test_fast_dev_run_for_every_model(make_cfg, task, model):
+def test_fast_dev_run_for_every_model(make_cfg, task, model, caplog):
     cfg = make_cfg([f"task={task}", f"model={model}", "debug=fdr", "extras.print_config=false", "data.batch_size=4",
                     "task.generation.max_new_tokens=8", "predict.texts=null"], name=f"{task}-{model}")
-    metrics = train(cfg)
+    with caplog.at_level(logging.INFO, logger="lmforge.tasks.seq2seq.data"):
+        metrics = train(cfg)
     assert metrics["params/total"] > 0
+    # data.padding_free=auto: shared rows for T5 (relative positions), one pair a row for the others
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training batches: ")]
+    assert said and said[0].startswith("training batches: padding-free" if model == "t5" else
+                                       "training batches: one pair per row, padded (data.padding_free=auto, "), said
+
+
+def test_padding_free_true_refuses_a_model_with_absolute_positions(make_cfg):
+    cfg = make_cfg(["task=translation", "model=bart", "debug=fdr", "data.padding_free=true", "extras.print_config=false",
+                    "predict.texts=null"])
+    with pytest.raises(ConfigError, match=r"data.padding_free=true: the model \(bart\) would not keep the pairs"):
+        train(cfg)
 
 
 def test_bert2bert_export_loads_with_auto_class_and_generates_the_same_text(make_cfg):

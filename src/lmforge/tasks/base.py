@@ -217,8 +217,17 @@ class TaskModule(L.LightningModule):
                 # in place (nn.Module.compile): the module and its state_dict keys stay the same (no `_orig_mod.`),
                 # so checkpoints and the export are those of an eager run; DDP/FSDP wrap the compiled module
                 self.trainable().compile(**self.compile_options)
+            self.model_built()
         if self.metrics is None:
             self.metrics = torch.nn.ModuleDict({s: self.make_metrics() for s in STAGES})
+
+    def model_built(self) -> None:
+        """Called once, when configure_model has built (and sharded or compiled) the model: where a task tells its
+        attached DataModule what the model allows (padding-free batches)."""
+
+    def attached_datamodule(self) -> Any:
+        """The DataModule of the Trainer this module is attached to, or None (eval.py, a bare module)."""
+        return self.trainer.datamodule if self._trainer is not None else None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["model_facts"] = _plain(self.model_facts())

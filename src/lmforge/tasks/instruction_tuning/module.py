@@ -190,10 +190,8 @@ class InstructionTuningModule(TaskModule):
             model = apply_lora(model, self.lora)
         return model
 
-    def configure_model(self) -> None:
-        built = self.model is None
-        super().configure_model()
-        dm = self.trainer.datamodule if built and self._trainer is not None else None
+    def model_built(self) -> None:
+        dm = self.attached_datamodule()
         if dm is None or not hasattr(dm, "use_padding_free"):
             return
         # how the datamodule collates, now that the models are known: every model that reads the rows (a

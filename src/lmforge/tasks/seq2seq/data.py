@@ -93,6 +93,49 @@ def collate_seq2seq(examples: Sequence[dict], pad_id: int, multiple: int | None 
     return batch
 
 
+def collate_padding_free(examples: Sequence[dict], pad_id: int, start_id: int) -> dict[str, Any]:
+    """A batch's pairs in as few rows as first fit finds (longest source first), each row holding whole pairs: their
+    sources one after another in ``input_ids`` and their targets in ``labels`` (-100 padding), in the same order;
+    ``decoder_input_ids`` each target shifted right on its own (``start_id`` first); ``source_segments`` and
+    ``target_segments`` the pair of each token (-1: padding), from which the module builds the attention masks that
+    keep each pair to itself. A row holds at most twice the batch's longest source and twice its longest target,
+    which bounds the attention's cost. Plus the plain counts ``num_sequences`` and ``num_tokens``."""
+    src = [list(e["input_ids"]) for e in examples]
+    tgt = [list(e["labels"]) for e in examples]
+    cap_s, cap_t = 2 * max(map(len, src)), 2 * max(map(len, tgt))
+    rows: list[list[int]] = []
+    room: list[tuple[int, int]] = []
+    for i in sorted(range(len(src)), key=lambda i: -len(src[i])):
+        for r, (fs, ft) in enumerate(room):
+            if len(src[i]) <= fs and len(tgt[i]) <= ft:
+                rows[r].append(i)
+                room[r] = (fs - len(src[i]), ft - len(tgt[i]))
+                break
+        else:
+            rows.append([i])
+            room.append((cap_s - len(src[i]), cap_t - len(tgt[i])))
+    n, width_s = len(rows), max(sum(len(src[i]) for i in r) for r in rows)
+    width_t = max(sum(len(tgt[i]) for i in r) for r in rows)
+    ids = np.full((n, width_s), pad_id, dtype=np.int64)
+    dec = np.full((n, width_t), pad_id, dtype=np.int64)
+    labels = np.full((n, width_t), IGNORE, dtype=np.int64)
+    seg_s = np.full((n, width_s), -1, dtype=np.int64)
+    seg_t = np.full((n, width_t), -1, dtype=np.int64)
+    for r, members in enumerate(rows):
+        ps = pt = 0
+        for k, i in enumerate(sorted(members)):
+            x, y = src[i], tgt[i]
+            ids[r, ps: ps + len(x)], seg_s[r, ps: ps + len(x)] = x, k
+            labels[r, pt: pt + len(y)], seg_t[r, pt: pt + len(y)] = y, k
+            dec[r, pt] = start_id
+            dec[r, pt + 1: pt + len(y)] = [pad_id if t == IGNORE else t for t in y[:-1]]
+            ps, pt = ps + len(x), pt + len(y)
+    return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
+            "decoder_input_ids": torch.from_numpy(dec), "source_segments": torch.from_numpy(seg_s),
+            "target_segments": torch.from_numpy(seg_t), "num_sequences": len(examples),
+            "num_tokens": int(sum(len(x) + len(y) for x, y in zip(src, tgt)))}
+
+
 class Seq2SeqDataModule(LMForgeDataModule):
     namespace = "seq2seq"
     progress_unit = "pairs"
@@ -104,7 +147,7 @@ class Seq2SeqDataModule(LMForgeDataModule):
                  test_file: Any = None, source_lang: str | None = None, target_lang: str | None = None,
                  source_column: str | None = None, target_column: str | None = None, source_prefix: str = "",
                  max_source_length: int = 128, max_target_length: int = 128, skip_empty: bool = False,
-                 pad_to_multiple_of: int | None = None, tsv_quoting: str | None = "none",
+                 pad_to_multiple_of: int | None = None, tsv_quoting: str | None = "none", padding_free: Any = "auto",
                  text_column: str | None = None, label_column: str | None = None, sample: str | None = None,
                  batch_size: int = 32, eval_batch_size: int | None = None, model: Mapping | None = None,
                  # text classification's keys, shared through data/_common.yaml; unused here
@@ -117,6 +160,12 @@ class Seq2SeqDataModule(LMForgeDataModule):
         for key, n in (("max_source_length", max_source_length), ("max_target_length", max_target_length)):
             if not isinstance(n, int) or n < 2:
                 raise ConfigError(f"data.{key}={n}: expected a token count of at least 2")
+        if padding_free not in ("auto", True, False):
+            raise ConfigError(f"data.padding_free={padding_free}: expected auto, true or false")
+        self.padding_free = "auto" if padding_free == "auto" else bool(padding_free)
+        # whether training batches are padding-free: decided by use_padding_free once the model is built (until then,
+        # and where no module tells, batches are padded, which every model computes correctly)
+        self.flatten = False
         self.kind, self.source_lang, self.target_lang = kind, source_lang, target_lang
         # data.text_column / data.label_column (data/_common.yaml, eval.py) name the same columns
         self.source_column, self.target_column = source_column or text_column, target_column or label_column
@@ -310,6 +359,26 @@ class Seq2SeqDataModule(LMForgeDataModule):
 
     def collate(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
         return collate_seq2seq(examples, self.tokenizer.pad_token_id, self.pad_to_multiple_of)
+
+    def train_collate(self, examples: Sequence[dict]) -> dict[str, Any]:
+        # training batches only: evaluation batches stay one pair per row (generation reads them row by row)
+        if self.flatten:
+            return collate_padding_free(examples, self.tokenizer.pad_token_id, self.start_id)
+        return self.collate(examples)
+
+    def use_padding_free(self, supported: bool, model_type: str, start_id: int) -> bool:
+        """Called by the module once the model is built: ``supported`` says whether the model computes a row of several
+        pairs as each pair alone (T5's relative position bias does; learned absolute positions do not)."""
+        if self.padding_free is True and not supported:
+            raise ConfigError(f"data.padding_free=true: the model ({model_type}) would not keep the pairs of a row "
+                              "apart (padding-free seq2seq batches need the T5 family's relative positions); set "
+                              "data.padding_free=false (or auto)")
+        self.flatten = bool(supported) and self.padding_free is not False and self.pad_to_multiple_of in (None, 0, 1)
+        self.start_id = int(start_id)
+        log.info("training batches: %s", "padding-free, each batch's pairs in shared rows (data.padding_free)"
+                 if self.flatten else f"one pair per row, padded (data.padding_free={str(self.padding_free).lower()}"
+                 + (f", {model_type} needs padded rows)" if self.padding_free == "auto" and not supported else ")"))
+        return self.flatten
 
     # -- prediction inputs -----------------------------------------------------------------------
     def input_column_names(self) -> dict[str, str | None]:

@@ -43,6 +43,40 @@ from lmforge.utils.errors import ConfigError
 log = logging.getLogger(__name__)
 
 MODEL_KEYS = ("input_ids", "attention_mask")
+# models that compute a padding-free row (several pairs, each kept to itself by masks) as each pair alone: T5's
+# relative position bias depends on the distance between two tokens only; learned absolute positions (BART) do not
+PADDING_FREE_FAMILIES = ("t5", "mt5", "umt5")
+PACKED_KEYS = ("input_ids", "decoder_input_ids", "source_segments", "target_segments")
+
+
+def segment_masks(model: torch.nn.Module, seg_s: torch.Tensor, seg_t: torch.Tensor) -> tuple[Any, Any, Any]:
+    """The encoder's, the decoder's (causal) and the cross-attention masks of padding-free rows, 4-D and additive
+    (0 where a token may attend, the dtype's minimum elsewhere), which transformers passes to eager and sdpa attention
+    as they are: a token attends to the tokens of its own pair only; padding (segment -1) attends anywhere (its
+    outputs carry no label), and no pair's token attends to padding."""
+    dtype = model.get_input_embeddings().weight.dtype  # the mask is added to the scores in the model's dtype
+    low = torch.finfo(dtype).min
+
+    def additive(q_seg: torch.Tensor, kv_seg: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        allowed = (q_seg[:, :, None] == kv_seg[:, None, :]) | (q_seg[:, :, None] < 0)
+        if causal:
+            allowed &= torch.ones(q_seg.shape[1], kv_seg.shape[1], dtype=torch.bool, device=q_seg.device).tril()
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, low)[:, None]
+
+    return additive(seg_s, seg_s), additive(seg_t, seg_t, causal=True), additive(seg_t, seg_s)
+
+
+def padding_free_forward(model: torch.nn.Module, inputs: Mapping[str, Any]) -> Any:
+    """The model's outputs for padding-free rows (``source_segments`` / ``target_segments`` from the collator): the
+    encoder runs with its own mask, then the model with the encoder's outputs, the cross-attention mask (which the
+    model hands to its decoder as ``encoder_attention_mask``) and the causal decoder mask."""
+    inputs = dict(inputs)
+    enc_mask, dec_mask, cross_mask = segment_masks(model, inputs.pop("source_segments"), inputs.pop("target_segments"))
+    ids = inputs.pop("input_ids")
+    shown = {k: inputs[k] for k in ("output_hidden_states", "output_attentions") if k in inputs}
+    encoded = model.get_encoder()(input_ids=ids, attention_mask=enc_mask, return_dict=True, **shown)
+    return model(encoder_outputs=encoded, attention_mask=cross_mask, decoder_attention_mask=dec_mask, use_cache=False,
+                 **inputs)
 SCORE = {"translation": "bleu", "summarization": "rougeL"}
 # where the export keeps what serving needs besides the model (config.task_specific_params)
 
@@ -161,7 +195,26 @@ class Seq2SeqModule(TaskModule):
                                                          "batch_size": int(g["batch_size"])}}
 
     # -- forward and loss --------------------------------------------------------------------
+    def model_built(self) -> None:
+        dm = self.attached_datamodule()
+        if dm is None or not hasattr(dm, "use_padding_free"):
+            return
+        # training batches padding-free where every model that reads them (a distillation teacher too) keeps a
+        # row's pairs apart
+        models = [self.trainable(), *self.frozen_modules().values()]
+        kinds = [str(getattr(m.config, "model_type", "?")) for m in models]
+        dm.use_padding_free(all(k in PADDING_FREE_FAMILIES for k in kinds), ", ".join(kinds),
+                            int(self.trainable().config.decoder_start_token_id or 0))
+
+    def forward(self, batch: Mapping[str, Any]) -> Any:
+        inputs = self.model_inputs(batch)
+        if "source_segments" in inputs:
+            return padding_free_forward(self.model, inputs)
+        return self.model(**inputs)
+
     def model_inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if "source_segments" in batch:  # padding-free rows: the collator shifted each target on its own
+            return {k: batch[k] for k in PACKED_KEYS}
         inputs = {k: batch[k] for k in MODEL_KEYS}
         # the decoder reads the labels shifted right (the start token first, -100 back to pad), as the model does it
         inputs["decoder_input_ids"] = self.model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
@@ -172,8 +225,8 @@ class Seq2SeqModule(TaskModule):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch["labels"].reshape(-1),
                                ignore_index=-100, label_smoothing=self.label_smoothing)
 
-    def batch_size_of(self, batch: Mapping[str, torch.Tensor]) -> int:
-        return int(batch["input_ids"].shape[0])
+    def batch_size_of(self, batch: Mapping[str, Any]) -> int:
+        return int(batch.get("num_sequences") or batch["input_ids"].shape[0])  # pairs, not padding-free rows
 
     # -- metrics -----------------------------------------------------------------------------
     def make_metrics(self) -> tm.MetricCollection:
