@@ -138,12 +138,13 @@ def test_seq2seq_benchmark_data_and_epochs_reach_both_arms():
     a = bench.parse(["--data", "sample", "--epochs", "3", "--warmup", "0.1"])
     # the sample's recipe (task_defaults/translation.yaml: batch 32, lr 3e-3; task/translation.yaml: lengths 128, 64 tokens)
     assert (a.train_pairs, a.batch_size, a.max_length, a.max_new_tokens, a.lr) == (None, 32, 128, 64, 3e-3)
-    ov = bench.lmforge_overrides(a, grouped=False)
+    ov = bench.lmforge_overrides(a, bench.ARM_OVERRIDES["lmforge_same"])
     assert ov[:2] == ["task=translation", "data=sample"] and "data.max_train_samples=null" in ov
     assert "trainer.max_epochs=3" in ov and "scheduler.warmup=0.1" in ov and "data.group_by_length=false" in ov
+    assert "data.padding_free=false" in ov  # lmforge_same: the Trainer's batches, padded
     m = bench.parse(["--train-pairs", "100"])  # multi30k stays the default, with experiment=multi30k's settings
     assert (m.data, m.epochs, m.train_pairs, m.batch_size, m.max_length, m.max_new_tokens) == ("multi30k", 1, 100, 64, 64, 48)
-    assert bench.lmforge_overrides(m, grouped=True)[0] == "experiment=multi30k"
+    assert bench.lmforge_overrides(m, bench.ARM_OVERRIDES["lmforge_grouped"])[0] == "experiment=multi30k"
     for bad in (["--epochs", "0"], ["--warmup", "1.5"], ["--data", "wmt"]):
         with pytest.raises(SystemExit):
             bench.parse(bad)
