@@ -183,3 +183,19 @@ def test_optimizer_target_can_be_any_torch_optimizer(make_cfg):
     opt = build_optimizer([("w", p), ("b", b)], {"_target_": "torch.optim.SGD", "lr": 0.1, "weight_decay": 0.5})
     assert isinstance(opt, torch.optim.SGD)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.5, 0.0]  # none on 1-D parameters
+
+
+def test_integer_metric_values_are_logged_as_floats():
+    """torchmetrics' MCC is an int64 tensor(1) for perfect predictions: logged as float32, so Lightning does not warn
+    that the value "needs to be floating" (it did, in the README's first command's output)."""
+    import torchmetrics
+
+    from lmforge.tasks.base import loggable
+
+    mcc = torchmetrics.MatthewsCorrCoef(task="multiclass", num_classes=2)
+    mcc.update(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 1]))
+    perfect = mcc.compute()
+    assert loggable(perfect).dtype == torch.float32 and loggable(perfect).item() == 1.0
+    assert loggable(torch.tensor(7)).dtype == torch.float32
+    half = torch.tensor(0.5, dtype=torch.float16)
+    assert loggable(half) is half and loggable(3.5) == 3.5

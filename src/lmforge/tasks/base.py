@@ -296,7 +296,7 @@ class TaskModule(L.LightningModule):
         values = {k: v for k, v in metrics.compute().items()}
         metrics.reset()
         prefix = self.stage_prefix[stage]
-        logged = {f"{prefix}/{k}": v for k, v in values.items()}
+        logged = {f"{prefix}/{k}": loggable(v) for k, v in values.items()}
         if self.score_metric is not None and self.score_metric in values:
             logged[f"{prefix}/score"] = values[self.score_metric]
         # the values are already synced by torchmetrics (every rank holds the same): no sync_dist (Lightning's
@@ -449,6 +449,15 @@ class TaskModule(L.LightningModule):
     @classmethod
     def records_from_pipeline(cls, pipe: Any, inputs: Sequence[Mapping[str, Any] | str], **kwargs: Any) -> list[dict]:
         raise NotImplementedError
+
+
+def loggable(value: Any) -> Any:
+    """A metric value as Lightning reduces it without a warning: integer tensors become float32 (torchmetrics'
+    ``MatthewsCorrCoef`` returns ``tensor(1)``, an int64, for perfect predictions, and Lightning then warns that
+    ``val/mcc`` "needs to be floating" in the middle of the first command's output)."""
+    if isinstance(value, torch.Tensor) and not (value.is_floating_point() or value.is_complex()):
+        return value.float()
+    return value
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
