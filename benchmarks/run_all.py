@@ -107,6 +107,12 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
         small=["--train-pairs", "512", "--eval-pairs", "100", "--repeats", "1"],
         smoke=["--train-pairs", "64", "--eval-pairs", "16", "--repeats", "1"],
         out_flag=True, extract=_vs_trainer("train_tokens_per_sec", "bleu", "BLEU")),
+    "summarization": dict(
+        task="summarization (tiny T5, SAMSum)", baseline="transformers Seq2SeqTrainer",
+        script="seq2seq_vs_trainer.py", needs="samsum",
+        small=["--data", "samsum", "--train-pairs", "400", "--eval-pairs", "64", "--repeats", "1"],
+        smoke=["--data", "samsum", "--train-pairs", "32", "--eval-pairs", "8", "--repeats", "1"],
+        out_flag=True, extract=_vs_trainer("train_tokens_per_sec", "rougeL", "ROUGE-L")),
     "sentence_embedding_training": dict(
         task="sentence embedding fine-tuning (MiniLM, STS-B)", baseline="sentence-transformers' trainer",
         script="sentence_embedding_vs_trainer.py", needs="stsb",
@@ -149,6 +155,18 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
         script="inference_vs_pipeline.py", needs="conll2003",
         small=["--task", "token_classification", "--data", "conll", "--n", "1000", "--threads", "1"],
         smoke=["--task", "token_classification", "--n", "64", "--threads", "1"],
+        out_flag=True, extract=_inference),
+    "inference_translation": dict(
+        task="inference: translation (tiny T5, phrasebook sample)", baseline="plain transformers, one input at a time",
+        script="seq2seq_inference.py", needs=None,
+        small=["--task", "translation", "--n", "128", "--threads", "1"],
+        smoke=["--task", "translation", "--n", "8", "--train-epochs", "1", "--train-samples", "64"],
+        out_flag=True, extract=_inference),
+    "inference_summarization": dict(
+        task="inference: summarization (tiny T5, chat sample)", baseline="plain transformers, one input at a time",
+        script="seq2seq_inference.py", needs=None,
+        small=["--task", "summarization", "--n", "128", "--threads", "1"],
+        smoke=["--task", "summarization", "--n", "8", "--train-epochs", "1", "--train-samples", "64"],
         out_flag=True, extract=_inference),
     "inference_question_answering": dict(
         task="inference: question answering", baseline="plain transformers, one question at a time",

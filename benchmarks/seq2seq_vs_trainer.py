@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""lmforge vs ``Seq2SeqTrainer`` on translation: a tiny T5 from scratch on Multi30k de->en, interleaved.
+"""lmforge vs ``Seq2SeqTrainer`` on translation and summarization: a tiny T5 from scratch, interleaved.
 
-    python benchmarks/seq2seq_vs_trainer.py                               # 4000 pairs, 1 epoch, ABBA x 2
+    python benchmarks/seq2seq_vs_trainer.py                               # Multi30k de->en, 4000 pairs, 1 epoch, ABBA x 2
+    python benchmarks/seq2seq_vs_trainer.py --data samsum --epochs 2      # summarization: SAMSum dialogues
+    python benchmarks/seq2seq_vs_trainer.py --data chats --epochs 2       # summarization: the embedded chat sample
     python benchmarks/seq2seq_vs_trainer.py --data sample --epochs 4 --threads 1   # the embedded sample, to BLEU ~20+
     python benchmarks/seq2seq_vs_trainer.py --train-pairs 8000 --epochs 3 --repeats 1
     python benchmarks/seq2seq_vs_trainer.py --arms lmforge,trainer,lmforge_same --repeats 1
@@ -19,6 +21,13 @@ Arms, each run in a fresh subprocess of this script (``--arm ...``), so that pea
 * ``trainer``: ``transformers.Seq2SeqTrainer`` + ``DataCollatorForSeq2Seq`` (labels padded with -100), the pairs
   tokenized with ``text_target=`` as ``run_translation.py`` does, ``predict_with_generate=True``.
 
+``--data samsum`` is summarization at ``python train.py task=summarization data=samsum``'s settings (its defaults:
+length-grouped batches, padding-free T5 rows; batch 32, lr 3e-3, 5% warmup, sources up to 512 tokens, summaries up
+to 128, 64 new tokens): the dialogues of ``../shared/data/samsum/val.csv`` less the 15% that ``data=samsum`` carves
+out for validation, scored on that carved split; ``--data chats`` the same recipe on the embedded chat dialogues of
+``python train.py task=summarization`` (train split 2,000 dialogues, validation 200). Summarization is scored with
+ROUGE-1/2/L (``rouge-score``, stemming, as lmforge's own ``val/rougeL``), translation with BLEU and chrF.
+
 ``--data sample`` trains on the embedded de->en sample of ``python train.py task=translation`` instead (its train
 split, 4,000 pairs; BLEU on its validation split, 300 pairs) with that recipe's batch 32, lr 3e-3, 5% warmup, lengths
 128 and 64 new tokens; multi30k keeps ``experiment=multi30k``'s batch 64, lengths 64 and 48 new tokens. ``--epochs N``
@@ -32,8 +41,8 @@ decay 0.01 except biases and norm weights (the Trainer decays all but biases and
 set for T5), gradient clipping 1.0, the epochs, fp32, greedy decoding with ``--max-new-tokens``, the number of
 torch threads, no dataloader workers. Timed: the training epoch (``PhaseClock`` of
 ``text_classification_vs_trainer.py``: tokens are source + target tokens), then the generation of
-``--eval-pairs`` validation sentences (lmforge: ``module.predict``; Trainer: ``trainer.predict``), whose BLEU
-``sacrebleu`` scores (BLEU and chrF) against the references as written.
+``--eval-pairs`` validation sentences (lmforge: ``module.predict``; Trainer: ``trainer.predict``), scored against
+the references as written (translation: ``sacrebleu``'s BLEU and chrF; summarization: ``rouge-score``'s ROUGE).
 
 Output: a table, and ``logs/benchmarks/seq2seq_vs_trainer.json``. Ratios are arm/trainer for rates: above 1
 means lmforge is faster.
@@ -61,29 +70,45 @@ import text_classification_vs_trainer as harness  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 DEFAULT_OUT = ROOT / "logs" / "benchmarks" / "seq2seq_vs_trainer.json"
-ARMS = ("lmforge", "trainer", "lmforge_same", "lmforge_grouped")
+ARMS = ("lmforge", "trainer", "lmforge_same", "lmforge_grouped", "lmforge_padded")
 # lmforge: the recipe's own defaults (translation: random batches, padding-free rows for T5); lmforge_same: random
-# batches one pair a row, padded (the Trainer's batches); lmforge_grouped: data.group_by_length=true
+# batches one pair a row, padded (the Trainer's batches); lmforge_grouped: data.group_by_length=true;
+# lmforge_padded: the recipe's own batch order, one pair a row (data.padding_free=false)
 ARM_OVERRIDES = {"lmforge": [], "lmforge_same": ["data.group_by_length=false", "data.padding_free=false"],
-                 "lmforge_grouped": ["data.group_by_length=true"]}
+                 "lmforge_grouped": ["data.group_by_length=true"], "lmforge_padded": ["data.padding_free=false"]}
 
 
 # what each --data trains on, and the settings lmforge's own recipe for it uses (both arms get them)
 DATA_DEFAULTS = {
     # experiment=multi30k's batch, lengths and decoding
     "multi30k": {"overrides": ["experiment=multi30k"], "title": "Multi30k de-en", "train_pairs": 4000,
-                 "batch_size": 64, "max_length": 64, "max_new_tokens": 48},
+                 "batch_size": 64, "max_length": 64, "max_target_length": 64, "max_new_tokens": 48,
+                 "kind": "translation"},
     # `python train.py task=translation`: the embedded phrasebook sample (train split 4,000 pairs, validation
     # split 300), task_defaults/translation.yaml's batch 32, lr 3e-3, warmup 0.05; task/translation.yaml's lengths
     "sample": {"overrides": ["task=translation", "data=sample"], "title": "the embedded de-en sample (phrasebook)",
-               "train_pairs": None, "batch_size": 32, "max_length": 128, "max_new_tokens": 64},
+               "train_pairs": None, "batch_size": 32, "max_length": 128, "max_target_length": 128,
+               "max_new_tokens": 64, "kind": "translation"},
+    # `python train.py task=summarization data=samsum`: task_defaults/summarization.yaml's lr 3e-3, warmup 0.05,
+    # sources up to 512 tokens and summaries up to 128; data/_seq2seq.yaml's batch 32; 64 new tokens
+    "samsum": {"overrides": ["task=summarization", "data=samsum"], "title": "SAMSum dialogues (summarization)",
+               "train_pairs": None, "batch_size": 32, "max_length": 512, "max_target_length": 128,
+               "max_new_tokens": 64, "kind": "summarization"},
+    # `python train.py task=summarization`: the embedded chat dialogues (train split 2,000, validation 200)
+    "chats": {"overrides": ["task=summarization", "data=sample"],
+              "title": "the embedded chat dialogues (summarization)", "train_pairs": None, "batch_size": 32,
+              "max_length": 512, "max_target_length": 128, "max_new_tokens": 64, "kind": "summarization"},
 }
+# the quality figures of each kind of task: (result key, heading, format); the first is the one run_all reports
+QUALITY = {"translation": [("bleu", "BLEU", "{:.2f}"), ("chrf", "chrF", "{:.2f}")],
+           "summarization": [("rougeL", "ROUGE-L", "{:.2f}"), ("rouge1", "ROUGE-1", "{:.2f}"),
+                             ("rouge2", "ROUGE-2", "{:.2f}")]}
 
 
 def resolve(a: argparse.Namespace) -> argparse.Namespace:
     """Fill the options left unset from ``--data``'s defaults (the parent and every child resolve alike)."""
     d = DATA_DEFAULTS[a.data]
-    for key in ("train_pairs", "batch_size", "max_length", "max_new_tokens"):
+    for key in ("train_pairs", "batch_size", "max_length", "max_target_length", "max_new_tokens"):
         if getattr(a, key) is None:
             setattr(a, key, d[key])
     if a.epochs < 1:
@@ -93,11 +118,22 @@ def resolve(a: argparse.Namespace) -> argparse.Namespace:
     return a
 
 
+def peak_rss_mib() -> float | None:
+    """The process's peak resident memory so far (``VmHWM``), MiB; None where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
 def base_overrides(a: argparse.Namespace) -> list[str]:
     pairs = "null" if a.train_pairs is None else a.train_pairs
     return [*DATA_DEFAULTS[a.data]["overrides"], f"seed={a.seed}", f"data.max_train_samples={pairs}",
             f"data.max_eval_samples={a.eval_pairs}", f"data.batch_size={a.batch_size}",
-            f"data.max_source_length={a.max_length}", f"data.max_target_length={a.max_length}",
+            f"data.max_source_length={a.max_length}", f"data.max_target_length={a.max_target_length}",
             "data.num_workers=0", f"paths.data_dir={a.data_dir}", f"paths.cache_dir={a.cache_dir}"]
 
 
@@ -167,12 +203,13 @@ def run_lmforge(a: argparse.Namespace, clock: PhaseClock, run_dir: Path, extra: 
     with open_dict(cfg):
         cfg.callbacks.bench_clock = {"_target_": "__main__._BenchClock"}
     train(cfg)
+    peak_train = peak_rss_mib()
     pairs = json.loads(Path(a.pairs_file).read_text())
     t0 = time.perf_counter()
     hyps = [r["prediction"] for r in cb.module.predict([p["source"] for p in pairs], cb.datamodule)]
     gen_sec = time.perf_counter() - t0
     return {"hyps": hyps, "gen_sec": gen_sec, "config": {"overrides": overrides},
-            "padding_free": bool(cb.datamodule.flatten)}
+            "padding_free": bool(cb.datamodule.flatten), "peak_rss_train_mib": peak_train}
 
 
 def run_trainer(a: argparse.Namespace, clock: PhaseClock, run_dir: Path) -> dict:
@@ -196,7 +233,8 @@ def run_trainer(a: argparse.Namespace, clock: PhaseClock, run_dir: Path) -> dict
     pairs = json.loads(Path(a.pairs_file).read_text())
 
     def encode(batch):
-        enc = tok(batch["source"], text_target=batch["target"], truncation=True, max_length=a.max_length)
+        enc = tok(batch["source"], truncation=True, max_length=a.max_length)
+        enc["labels"] = tok(text_target=batch["target"], truncation=True, max_length=a.max_target_length)["input_ids"]
         return enc
 
     train_ds = Dataset.from_list(rows).map(encode, batched=True, remove_columns=["source", "target"])
@@ -238,18 +276,21 @@ def run_trainer(a: argparse.Namespace, clock: PhaseClock, run_dir: Path) -> dict
     trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=train_ds, data_collator=collate,
                              processing_class=tok, callbacks=[BenchClock()])
     trainer.train()
+    peak_train = peak_rss_mib()
     t0 = time.perf_counter()
     pred = trainer.predict(eval_ds, max_new_tokens=a.max_new_tokens, num_beams=1)
     gen_sec = time.perf_counter() - t0
     ids = [[t for t in row if t >= 0] for row in pred.predictions.tolist()]
     hyps = [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
-    return {"hyps": hyps, "gen_sec": gen_sec, "config": {"batch_size": a.batch_size, "lr": a.lr, "optim": str(args.optim),
-                                                         "epochs": a.epochs, "warmup": a.warmup}}
+    return {"hyps": hyps, "gen_sec": gen_sec, "peak_rss_train_mib": peak_train,
+            "config": {"batch_size": a.batch_size, "lr": a.lr, "optim": str(args.optim), "epochs": a.epochs,
+                       "warmup": a.warmup}}
 
 
 def child(a: argparse.Namespace) -> int:
-    import sacrebleu
     import torch
+
+    from lmforge.tasks.seq2seq.metrics import SCORERS
 
     torch.set_num_threads(a.threads)
     clock = PhaseClock()
@@ -262,28 +303,36 @@ def child(a: argparse.Namespace) -> int:
     hyps = out.pop("hyps")
     res = {"arm": a.arm, **clock.result(), **out, "pairs": a.train_pairs, "process_sec": time.perf_counter() - t0,
            "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "loadavg_end": os.getloadavg(),
-           "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score, "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score,
-           "samples_hyps": hyps[:5]}
+           **SCORERS[DATA_DEFAULTS[a.data]["kind"]](hyps, refs), "samples_hyps": hyps[:5]}
     res["train_tokens_per_sec"] = res["tokens"] / res["train_sec"]
     res["gen_sentences_per_sec"] = len(hyps) / res["gen_sec"]
     Path(a.result_file).write_text(json.dumps(res, indent=2, default=str))
     return 0
 
 
-METRICS = [("train_tokens_per_sec", "train tok/s", "{:.0f}"), ("train_sec", "train s", "{:.1f}"),
-           ("padding_fraction", "pad frac", "{:.3f}"), ("gen_sentences_per_sec", "gen sent/s", "{:.1f}"),
-           ("ru_maxrss_mib", "peak RSS MiB", "{:.0f}"), ("bleu", "BLEU", "{:.2f}"), ("chrf", "chrF", "{:.2f}"),
-           ("cpu_ms_per_sample", "CPU ms/pair", "{:.1f}"), ("cpu_per_wall", "cpu/wall", "{:.2f}")]
+SPEED = [("train_tokens_per_sec", "train tok/s", "{:.0f}"), ("train_sec", "train s", "{:.1f}"),
+         ("padding_fraction", "pad frac", "{:.3f}"), ("gen_sentences_per_sec", "gen sent/s", "{:.1f}"),
+         ("peak_rss_train_mib", "peak RSS train MiB", "{:.0f}"), ("ru_maxrss_mib", "peak RSS MiB", "{:.0f}")]
+TAIL = [("cpu_ms_per_sample", "CPU ms/pair", "{:.1f}"), ("cpu_per_wall", "cpu/wall", "{:.2f}")]
+
+
+def metrics(kind: str = "translation") -> list[tuple[str, str, str]]:
+    """The columns of the table and the keys of the medians: speed, the task's quality figures, CPU."""
+    return [*SPEED, *QUALITY[kind], *TAIL]
+
+
+METRICS = metrics()  # translation's
 
 
 def run_child(a: argparse.Namespace, arm: str, idx: int, runs_dir: Path, passthrough: list[str]) -> dict:
-    return harness.run_arm_child(Path(__file__).resolve(), a, arm, idx, runs_dir, passthrough, METRICS)
+    return harness.run_arm_child(Path(__file__).resolve(), a, arm, idx, runs_dir, passthrough,
+                                 metrics(DATA_DEFAULTS[a.data]["kind"]))
 
 
-def summarize(results: list[dict]) -> dict:
+def summarize(results: list[dict], kind: str = "translation") -> dict:
     arms = [arm for arm in ARMS if any(r["arm"] == arm for r in results)]
-    med = {arm: {k: statistics.median(r[k] for r in results if r["arm"] == arm and r.get(k) is not None)
-                 for k, _, _ in METRICS} for arm in arms}
+    med = {arm: {k: statistics.median(vals) for k, _, _ in metrics(kind)
+                 if (vals := [r[k] for r in results if r["arm"] == arm and r.get(k) is not None])} for arm in arms}
     out: dict[str, Any] = {"median": med}
     if "trainer" in med:
         for arm in (x for x in med if x != "trainer"):
@@ -291,8 +340,11 @@ def summarize(results: list[dict]) -> dict:
                 "train_tokens_per_sec": med[arm]["train_tokens_per_sec"] / med["trainer"]["train_tokens_per_sec"],
                 "gen_sentences_per_sec": med[arm]["gen_sentences_per_sec"] / med["trainer"]["gen_sentences_per_sec"],
                 "peak_rss": med[arm]["ru_maxrss_mib"] / med["trainer"]["ru_maxrss_mib"],
-                "bleu_diff": med[arm]["bleu"] - med["trainer"]["bleu"],
-                "chrf_diff": med[arm]["chrf"] - med["trainer"]["chrf"],
+                # the peak up to the end of training (generation and scoring excluded)
+                "peak_rss_train": (med[arm]["peak_rss_train_mib"] / med["trainer"]["peak_rss_train_mib"]
+                                   if med[arm].get("peak_rss_train_mib") and med["trainer"].get("peak_rss_train_mib")
+                                   else None),
+                **{f"{k}_diff": med[arm][k] - med["trainer"][k] for k, _, _ in QUALITY[kind]},
                 # CPU time per pair, trainer/arm (above 1: lmforge spends less): steadier than rates on shared cores
                 "cpu_ms_per_sample": med["trainer"]["cpu_ms_per_sample"] / med[arm]["cpu_ms_per_sample"]}
     return out
@@ -301,8 +353,9 @@ def summarize(results: list[dict]) -> dict:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", choices=sorted(DATA_DEFAULTS), default="multi30k",
-                   help="multi30k (../shared/data) or sample: the embedded de-en sample of `task=translation` "
-                        "(trained on its train split, scored on its validation split)")
+                   help="translation: multi30k (../shared/data) or sample, the embedded de-en sample of "
+                        "`task=translation` (trained on its train split, scored on its validation split); "
+                        "summarization: samsum (../shared/data) or chats, the embedded dialogues of `task=summarization`")
     p.add_argument("--epochs", type=int, default=1, help="epochs in every arm (linear decay over all their steps)")
     p.add_argument("--train-pairs", type=int, default=None,
                    help="training pairs (default: 4000 for multi30k, all 4000 of the sample)")
@@ -315,7 +368,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch-size", type=int, default=None, help="default: 64 for multi30k, 32 for the sample")
     p.add_argument("--eval-batch-size", type=int, default=64)
-    p.add_argument("--max-length", type=int, default=None, help="default: 64 for multi30k, 128 for the sample")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="source tokens (default: 64 for multi30k, 128 for the sample, 512 for summarization)")
+    p.add_argument("--max-target-length", type=int, default=None,
+                   help="target tokens (default: as --max-length for translation, 128 for summarization)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: 48 for multi30k, 64 for the sample")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup", type=float, default=0.05, help="linear warmup, a fraction of all training steps")
@@ -338,8 +394,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(k, v)
     if a.arm:
         return child(a)
-    if a.data == "multi30k" and not (Path(a.data_dir) / "multi30k" / "train.de").is_file():
-        raise SystemExit(f"{Path(a.data_dir) / 'multi30k' / 'train.de'} not found (use --data-dir)")
+    needed = {"multi30k": Path("multi30k") / "train.de", "samsum": Path("samsum") / "val.csv"}.get(a.data)
+    if needed is not None and not (Path(a.data_dir) / needed).is_file():
+        raise SystemExit(f"{Path(a.data_dir) / needed} not found (use --data-dir)")
+    kind = DATA_DEFAULTS[a.data]["kind"]
     chosen = harness.chosen_arms(a, ARMS)
     out = Path(a.out)
     runs_dir = out.parent / (out.stem + "_runs")
@@ -355,16 +413,18 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     t0 = time.time()
     results = [run_child(a, arm, i, runs_dir, passthrough) for i, arm in enumerate(order)]
-    summary = summarize(results)
+    summary = summarize(results, kind)
     import torch
 
     doc = {"benchmark": "seq2seq_vs_trainer",
            "command": " ".join(["python", str(Path(__file__).relative_to(ROOT)), *argv]),
            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "settings": {"model": "t5 tiny", "data": DATA_DEFAULTS[a.data]["title"], "train_pairs": len(rows),
+           "settings": {"model": "t5 tiny", "data": DATA_DEFAULTS[a.data]["title"], "kind": kind,
+                        "quality": [k for k, _, _ in QUALITY[kind]], "train_pairs": len(rows),
                         "eval_pairs": len(pairs[: a.eval_pairs]), "epochs": a.epochs, "batch_size": a.batch_size,
                         "lr": a.lr, "warmup": a.warmup, "max_new_tokens": a.max_new_tokens,
-                        "max_length": a.max_length, "threads": a.threads, "order": order},
+                        "max_length": a.max_length, "max_target_length": a.max_target_length,
+                        "threads": a.threads, "order": order},
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                        "cuda": torch.cuda.is_available(), "loadavg": os.getloadavg()},
            "summary": summary, "runs": results, "total_wall_sec": time.time() - t0}
@@ -374,17 +434,21 @@ def main(argv: list[str] | None = None) -> int:
 
     table = Table(title=f"tiny T5 / {DATA_DEFAULTS[a.data]['title']} ({len(rows)} pairs x {a.epochs} epoch(s), "
                         f"batch {a.batch_size}, {a.threads} threads): lmforge vs Seq2SeqTrainer")
-    for h in ["run", "arm", *(h for _, h, _ in METRICS)]:
+    cols = metrics(kind)
+    for h in ["run", "arm", *(h for _, h, _ in cols)]:
         table.add_column(h, justify="left" if h in ("run", "arm") else "right")
     for r in results:
-        table.add_row(str(r["run"]), r["arm"], *(f.format(r[k]) if r.get(k) is not None else "-" for k, _, f in METRICS))
+        table.add_row(str(r["run"]), r["arm"], *(f.format(r[k]) if r.get(k) is not None else "-" for k, _, f in cols))
     for arm, m in summary["median"].items():
-        table.add_row("median", arm, *(f.format(m[k]) for k, _, f in METRICS))
+        table.add_row("median", arm, *(f.format(m[k]) if k in m else "-" for k, _, f in cols))
     for key, ratio in summary.items():
         if key.startswith("ratio_"):
             table.add_row("ratio", key[6:].replace("_over_", "/"), f"{ratio['train_tokens_per_sec']:.3f}x", "", "",
-                          f"{ratio['gen_sentences_per_sec']:.3f}x", f"{ratio['peak_rss']:.2f}x",
-                          f"{ratio['bleu_diff']:+.2f}", f"{ratio['chrf_diff']:+.2f}", f"{ratio['cpu_ms_per_sample']:.3f}x", "")
+                          f"{ratio['gen_sentences_per_sec']:.3f}x",
+                          f"{ratio['peak_rss_train']:.2f}x" if ratio.get("peak_rss_train") else "",
+                          f"{ratio['peak_rss']:.2f}x",
+                          *(f"{ratio[k + '_diff']:+.2f}" for k, _, _ in QUALITY[kind]),
+                          f"{ratio['cpu_ms_per_sample']:.3f}x", "")
     Console(width=200).print(table)
     print(f"wrote {out} ({doc['total_wall_sec']:.0f}s)")
     return 0

@@ -124,13 +124,18 @@ def test_eval_reports_prediction_rate(tmp_path, capsys):
     assert saved["predict/texts_per_sec"] == metrics["predict/texts_per_sec"]
 
 
-def _seq2seq_bench():
+def _bench(name: str):
+    """benchmarks/<name>.py as a module (the benchmarks are scripts, not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("seq2seq_vs_trainer", ROOT / "benchmarks" / "seq2seq_vs_trainer.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _seq2seq_bench():
+    return _bench("seq2seq_vs_trainer")
 
 
 def test_seq2seq_benchmark_data_and_epochs_reach_both_arms():
@@ -150,6 +155,27 @@ def test_seq2seq_benchmark_data_and_epochs_reach_both_arms():
             bench.parse(bad)
 
 
+def test_seq2seq_benchmark_summarization_uses_the_summarization_recipe_and_rouge():
+    bench = _seq2seq_bench()
+    for data, ds in (("samsum", "data=samsum"), ("chats", "data=sample")):
+        a = bench.parse(["--data", data])
+        # task_defaults/summarization.yaml: sources up to 512 tokens, summaries up to 128; data/_seq2seq.yaml: batch 32
+        assert (a.batch_size, a.max_length, a.max_target_length, a.max_new_tokens) == (32, 512, 128, 64)
+        ov = bench.lmforge_overrides(a, bench.ARM_OVERRIDES["lmforge"])
+        assert ov[:2] == ["task=summarization", ds]
+        assert "data.max_source_length=512" in ov and "data.max_target_length=128" in ov
+        assert not any(o.startswith(("data.group_by_length", "data.padding_free")) for o in ov)  # the recipe's own
+    t = bench.parse(["--data", "sample", "--max-length", "40"])  # translation: targets as long as sources
+    assert (t.max_length, t.max_target_length) == (40, 128) and bench.parse([]).max_target_length == 64
+    runs = [{"arm": arm, **{k: 1.0 for k, _, _ in bench.metrics("summarization")}, "rougeL": r, "rouge1": r + 1,
+             "rouge2": r - 1} for arm, r in (("lmforge", 30.0), ("trainer", 28.0))]
+    for r in runs:
+        r.update(train_tokens_per_sec=2.0 if r["arm"] == "lmforge" else 1.0, gen_sentences_per_sec=1.0,
+                 ru_maxrss_mib=100.0, cpu_ms_per_sample=1.0)
+    ratio = bench.summarize(runs, "summarization")["ratio_lmforge_over_trainer"]
+    assert ratio["train_tokens_per_sec"] == 2.0 and ratio["rougeL_diff"] == 2.0 and "bleu_diff" not in ratio
+
+
 @pytest.mark.slow
 def test_seq2seq_benchmark_runs_both_arms_on_the_sample(tmp_path):
     out = tmp_path / "s2s.json"
@@ -166,6 +192,24 @@ def test_seq2seq_benchmark_runs_both_arms_on_the_sample(tmp_path):
         assert 0 <= x["chrf"] <= 100 and len(x["samples_hyps"]) == 5
     ratio = doc["summary"]["ratio_lmforge_over_trainer"]
     assert ratio["cpu_ms_per_sample"] > 0 and "chrf_diff" in ratio
+
+
+@pytest.mark.slow
+def test_seq2seq_benchmark_summarizes_the_chat_sample_with_rouge(tmp_path):
+    out = tmp_path / "sum.json"
+    r = _run([sys.executable, "benchmarks/seq2seq_vs_trainer.py", "--data", "chats", "--train-pairs", "64",
+              "--eval-pairs", "8", "--repeats", "1", "--threads", "1", "--cache-dir", str(tmp_path / "cache"),
+              "--out", str(out)], 600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["kind"] == "summarization" and doc["settings"]["max_target_length"] == 128
+    runs = {x["arm"]: x for x in doc["runs"]}
+    assert set(runs) == {"lmforge", "trainer"}
+    for x in runs.values():  # 64 dialogues in batches of 32, one epoch; ROUGE from rouge-score, no BLEU
+        assert x["steps"] == 2 and x["samples"] == 64 and "bleu" not in x
+        assert all(0 <= x[k] <= 100 for k in ("rouge1", "rouge2", "rougeL")) and len(x["samples_hyps"]) == 5
+    assert runs["lmforge"]["padding_free"] is False  # grouped batches: padding_free=auto keeps one pair a row
+    assert "rougeL_diff" in doc["summary"]["ratio_lmforge_over_trainer"] and "ROUGE-L" in r.stdout
 
 
 @pytest.mark.slow
@@ -236,3 +280,30 @@ def test_instruction_tuning_benchmark_runs_both_arms_on_the_same_tokens(tmp_path
     assert set(med) == {"lmforge", "trainer"} and med["lmforge"]["samples_per_sec"] > 0
     assert {"samples_per_sec", "tokens_per_sec", "cpu_ms_per_sample", "peak_rss", "val_loss_diff"} <= set(ratio)
     assert ratio["cpu_ms_per_sample"] == pytest.approx(med["trainer"]["cpu_ms_per_sample"] / med["lmforge"]["cpu_ms_per_sample"])
+
+
+def test_seq2seq_inference_benchmark_inputs_and_options():
+    bench = _bench("seq2seq_inference")
+    a = bench.parse(["--task", "summarization", "--n", "5"])
+    dialogues = bench.sources(a)
+    assert len(dialogues) == 5 and all("\n" in d and ":" in d for d in dialogues)  # whole dialogues, turns kept
+    assert bench.sources(bench.parse(["--n", "3"]))[0].endswith(".")  # German sentences of the phrasebook
+    for bad in (["--n", "0"], ["--train-samples", "0"], ["--task", "qa"], ["--n", "100000"]):
+        with pytest.raises(SystemExit):
+            bench.sources(bench.parse(bad))
+    with pytest.raises(SystemExit, match="not a model folder"):
+        bench.export_folder(bench.parse(["--export", str(ROOT)]))
+
+
+@pytest.mark.slow
+def test_seq2seq_inference_benchmark_runs_both_arms(tmp_path):
+    out = tmp_path / "inf.json"
+    r = _run([sys.executable, "benchmarks/seq2seq_inference.py", "--task", "summarization", "--n", "8", "--batch-size",
+              "4", "--train-epochs", "1", "--train-samples", "64", "--threads", "1", "--out-dir", str(tmp_path / "w"),
+              "--out", str(out)], 600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert (tmp_path / "w" / "run_summarization_1ep_64" / "export" / "generation_config.json").is_file()
+    assert [x["arm"] for x in doc["runs"]] == ["lmforge", "plain"] and doc["ratio"] > 0 and doc["cpu_ratio"] > 0
+    assert all(x["inputs"] == 8 for x in doc["runs"]) and 0.0 <= doc["agreement"] <= 1.0
+    assert len(doc["examples"]) == 3 and all(isinstance(x["lmforge"], str) for x in doc["examples"])

@@ -159,6 +159,22 @@ def test_padding_free_is_decided_by_the_model(tmp_path):
         _dm(tmp_path / "bad", ["task=translation", "data.padding_free=maybe"])
 
 
+def test_padding_free_auto_leaves_length_grouped_batches_padded(tmp_path, caplog):
+    """Grouped batches have little padding, and a shared row costs up to twice a pair's attention: auto keeps them one
+    pair a row (summarization's default); data.padding_free=true still shares rows."""
+    dm = _dm(tmp_path, ["task=summarization", "data.max_train_samples=64", "data.max_eval_samples=8"])
+    assert dm.group_by_length is True and dm.padding_free == "auto"
+    with caplog.at_level(logging.INFO):
+        assert dm.use_padding_free(True, "t5", 0) is False
+    assert "the batches are grouped by length" in caplog.text
+    assert "source_segments" not in dm.train_collate([dm.datasets["train"][i] for i in range(8)])
+    dm.padding_free = True
+    assert dm.use_padding_free(True, "t5", 0) is True
+    assert "source_segments" in dm.train_collate([dm.datasets["train"][i] for i in range(8)])
+    dm.padding_free, dm.group_by_length = "auto", False
+    assert dm.use_padding_free(True, "t5", 0) is True  # random batches: shared rows
+
+
 def test_translation_jsonl_records_and_tables_with_language_columns(tmp_path):
     with open(tmp_path / "t.jsonl", "w", encoding="utf-8") as f:
         for d, e in zip(DE * 10, EN * 10):

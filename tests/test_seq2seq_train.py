@@ -85,14 +85,21 @@ def test_lmforge_load_serves_the_export_from_the_folder_alone(run):
     predictor = lmforge.load(Path(cfg.paths.output_dir, "export"))
     assert predictor.predict(NEW) == ours
     assert predictor(NEW[0]) == ours[0]
+    # batches of 2, longest source first, across batches: the answers come back in input order, as one at a time
+    mixed = [NEW[0], NEW[1] + " " + NEW[0], NEW[1], NEW[0] + " " + NEW[1] + " " + NEW[0]]
+    alone = [predictor(t) for t in mixed]
+    predictor.batch_size = 2
+    assert predictor.predict(mixed) == alone and predictor.predict([]) == []
 
 
 @pytest.mark.slow
 def test_eval_py_predicts_a_text_file_into_hypotheses_that_sacrebleu_reads(run, tmp_path):
     base, cfg, _ = run
     (tmp_path / "src.txt").write_text("\n".join(NEW) + "\n", encoding="utf-8")
+    # batches of 2, longest source first: the hypotheses still come back in the file's order
     res = run_script(["eval.py", f"run={cfg.paths.output_dir}", "split=null", f"predict.file={tmp_path / 'src.txt'}",
-                      f"predict.output={tmp_path / 'out' / 'predictions.jsonl'}", f"hydra.run.dir={tmp_path / 'eval'}"])
+                      f"predict.output={tmp_path / 'out' / 'predictions.jsonl'}", f"hydra.run.dir={tmp_path / 'eval'}",
+                      "predict.batch_size=2"])
     hyps = (tmp_path / "out" / "hypotheses.txt").read_text(encoding="utf-8").splitlines()
     ours = [json.loads(line)["prediction"] for line in Path(cfg.paths.output_dir, "predictions.jsonl").read_text().splitlines()]
     assert hyps == ours, res.stdout
@@ -119,10 +126,14 @@ def test_fast_dev_run_for_every_model(make_cfg, task, model, caplog):
     with caplog.at_level(logging.INFO, logger="lmforge.tasks.seq2seq.data"):
         metrics = train(cfg)
     assert metrics["params/total"] > 0
-    # data.padding_free=auto: shared rows for T5 (relative positions), one pair a row for the others
+    # data.padding_free=auto: shared rows for T5 (relative positions) on translation's random batches, one pair a
+    # row for the others and for summarization's length-grouped batches
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training batches: ")]
-    assert said and said[0].startswith("training batches: padding-free" if model == "t5" else
-                                       "training batches: one pair per row, padded (data.padding_free=auto, "), said
+    want = ("training batches: padding-free" if model == "t5" and task == "translation" else
+            "training batches: one pair per row, padded (data.padding_free=auto, ")
+    assert said and said[0].startswith(want), said
+    if model == "t5" and task == "summarization":
+        assert "grouped by length" in said[0]
 
 
 def test_padding_free_true_refuses_a_model_with_absolute_positions(make_cfg):

@@ -331,15 +331,21 @@ class Seq2SeqModule(TaskModule):
         records = as_records(inputs, datamodule.input_fields)
         examples = datamodule.encode_inputs(records)
         bs = int(batch_size or self.generation["batch_size"])
-        out: list[str] = []
+        out: list[str] = [""] * len(examples)
         from lmforge.utils.progress import stage
 
-        with stage("generating predictions", total=len(examples), unit="inputs") as shown:
-            for start in range(0, len(examples), bs):
-                batch = datamodule.collate(examples[start: start + bs])
-                out += generate_ids(self.trainable(), batch["input_ids"], batch["attention_mask"],
-                                    datamodule.tokenizer, self.generation)
-                shown.advance(len(batch["input_ids"]))
+        # longest source first: a batch pads its sources little and its outputs, whose lengths follow the sources',
+        # end at about the same step; the predictions go back in input order
+        order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+        with stage("generating predictions", total=len(examples), unit="inputs") as shown, torch.inference_mode():
+            for start in range(0, len(order), bs):
+                chunk = order[start: start + bs]
+                batch = datamodule.collate([examples[i] for i in chunk])
+                texts = generate_ids(self.trainable(), batch["input_ids"], batch["attention_mask"],
+                                     datamodule.tokenizer, self.generation)
+                for i, text in zip(chunk, texts):
+                    out[i] = text
+                shown.advance(len(chunk))
         return [{**r, "prediction": p} for r, p in zip(records, out)]
 
     def field_prediction_files(self, records: Sequence[Mapping[str, Any]], folder: Path) -> list[Path]:

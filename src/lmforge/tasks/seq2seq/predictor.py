@@ -35,14 +35,29 @@ class Seq2SeqPredictor:
     def __call__(self, text: str) -> str:
         return self.predict([text])[0]
 
-    @torch.no_grad()
     def predict(self, inputs: Sequence[Mapping[str, Any] | str]) -> list[str]:
+        """The generated text of each input (a source text, or a record with ``source``), in input order: the
+        sources measured in one tokenizer call, generated ``batch_size`` at a time longest first (little padding, and a batch's
+        outputs end at about the same step) under ``torch.inference_mode``; more inputs than one batch are shown as
+        a progress stage."""
+        from lmforge.utils.progress import stage
+
         texts = [x if isinstance(x, str) else x["source"] for x in inputs]
-        out: list[str] = []
-        for start in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer([self.source_prefix + t for t in texts[start: start + self.batch_size]],
-                                 truncation=True, max_length=self.max_source_length, padding=True, return_tensors="pt")
-            ids = self.model.generate(input_ids=enc["input_ids"].to(self.device),
-                                      attention_mask=enc["attention_mask"].to(self.device))
-            out += [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        if not texts:
+            return []
+        sources = [self.source_prefix + t for t in texts]
+        lengths = [len(x) for x in self.tokenizer(sources, truncation=True, max_length=self.max_source_length)["input_ids"]]
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        out = [""] * len(texts)
+        shown = stage("generating", total=len(texts), unit="inputs", mode="off" if len(texts) <= self.batch_size else None)
+        with shown, torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start: start + self.batch_size]
+                batch = self.tokenizer([sources[i] for i in chunk], truncation=True, max_length=self.max_source_length,
+                                       padding=True, return_tensors="pt")
+                generated = self.model.generate(input_ids=batch["input_ids"].to(self.device),
+                                                attention_mask=batch["attention_mask"].to(self.device))
+                for i, text in zip(chunk, self.tokenizer.batch_decode(generated, skip_special_tokens=True)):
+                    out[i] = text.strip()
+                shown.advance(len(chunk))
         return out
