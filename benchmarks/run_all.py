@@ -1,6 +1,6 @@
 """Every benchmark at a small size, one after another, and one table of what they measured.
 
-    python benchmarks/run_all.py                      # all of them (6-10 minutes on 2 quiet CPU cores)
+    python benchmarks/run_all.py                      # all of them (about 11 minutes on 2 quiet CPU cores)
     python benchmarks/run_all.py --only causal_lm,inference_text_classification
     python benchmarks/run_all.py --smoke --only causal_lm --out /tmp/RESULTS.md   # the tiniest sizes (tests)
     python benchmarks/run_all.py --list
