@@ -118,17 +118,6 @@ def resolve(a: argparse.Namespace) -> argparse.Namespace:
     return a
 
 
-def peak_rss_mib() -> float | None:
-    """The process's peak resident memory so far (``VmHWM``), MiB; None where /proc is missing."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
 def base_overrides(a: argparse.Namespace) -> list[str]:
     pairs = "null" if a.train_pairs is None else a.train_pairs
     return [*DATA_DEFAULTS[a.data]["overrides"], f"seed={a.seed}", f"data.max_train_samples={pairs}",
@@ -203,13 +192,12 @@ def run_lmforge(a: argparse.Namespace, clock: PhaseClock, run_dir: Path, extra: 
     with open_dict(cfg):
         cfg.callbacks.bench_clock = {"_target_": "__main__._BenchClock"}
     train(cfg)
-    peak_train = peak_rss_mib()
     pairs = json.loads(Path(a.pairs_file).read_text())
     t0 = time.perf_counter()
     hyps = [r["prediction"] for r in cb.module.predict([p["source"] for p in pairs], cb.datamodule)]
     gen_sec = time.perf_counter() - t0
     return {"hyps": hyps, "gen_sec": gen_sec, "config": {"overrides": overrides},
-            "padding_free": bool(cb.datamodule.flatten), "peak_rss_train_mib": peak_train}
+            "padding_free": bool(cb.datamodule.flatten)}
 
 
 def run_trainer(a: argparse.Namespace, clock: PhaseClock, run_dir: Path) -> dict:
@@ -276,13 +264,12 @@ def run_trainer(a: argparse.Namespace, clock: PhaseClock, run_dir: Path) -> dict
     trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=train_ds, data_collator=collate,
                              processing_class=tok, callbacks=[BenchClock()])
     trainer.train()
-    peak_train = peak_rss_mib()
     t0 = time.perf_counter()
     pred = trainer.predict(eval_ds, max_new_tokens=a.max_new_tokens, num_beams=1)
     gen_sec = time.perf_counter() - t0
     ids = [[t for t in row if t >= 0] for row in pred.predictions.tolist()]
     hyps = [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
-    return {"hyps": hyps, "gen_sec": gen_sec, "peak_rss_train_mib": peak_train,
+    return {"hyps": hyps, "gen_sec": gen_sec,
             "config": {"batch_size": a.batch_size, "lr": a.lr, "optim": str(args.optim), "epochs": a.epochs,
                        "warmup": a.warmup}}
 
@@ -312,7 +299,7 @@ def child(a: argparse.Namespace) -> int:
 
 SPEED = [("train_tokens_per_sec", "train tok/s", "{:.0f}"), ("train_sec", "train s", "{:.1f}"),
          ("padding_fraction", "pad frac", "{:.3f}"), ("gen_sentences_per_sec", "gen sent/s", "{:.1f}"),
-         ("peak_rss_train_mib", "peak RSS train MiB", "{:.0f}"), ("ru_maxrss_mib", "peak RSS MiB", "{:.0f}")]
+         ("rss_peak_through_train_mib", "peak RSS train MiB", "{:.0f}"), ("ru_maxrss_mib", "peak RSS MiB", "{:.0f}")]
 TAIL = [("cpu_ms_per_sample", "CPU ms/pair", "{:.1f}"), ("cpu_per_wall", "cpu/wall", "{:.2f}")]
 
 
@@ -341,8 +328,9 @@ def summarize(results: list[dict], kind: str = "translation") -> dict:
                 "gen_sentences_per_sec": med[arm]["gen_sentences_per_sec"] / med["trainer"]["gen_sentences_per_sec"],
                 "peak_rss": med[arm]["ru_maxrss_mib"] / med["trainer"]["ru_maxrss_mib"],
                 # the peak up to the end of training (generation and scoring excluded)
-                "peak_rss_train": (med[arm]["peak_rss_train_mib"] / med["trainer"]["peak_rss_train_mib"]
-                                   if med[arm].get("peak_rss_train_mib") and med["trainer"].get("peak_rss_train_mib")
+                "peak_rss_train": (med[arm]["rss_peak_through_train_mib"] / med["trainer"]["rss_peak_through_train_mib"]
+                                   if med[arm].get("rss_peak_through_train_mib")
+                                   and med["trainer"].get("rss_peak_through_train_mib")
                                    else None),
                 **{f"{k}_diff": med[arm][k] - med["trainer"][k] for k, _, _ in QUALITY[kind]},
                 # CPU time per pair, trainer/arm (above 1: lmforge spends less): steadier than rates on shared cores

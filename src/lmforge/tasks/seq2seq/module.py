@@ -35,7 +35,7 @@ from transformers import AutoModelForSeq2SeqLM
 from lmforge.models.factory import _plain as plain_cfg
 from lmforge.models.factory import build_model, trust_remote_code
 from lmforge.models.generation import DEFAULTS, generate_ids, generation_kwargs
-from lmforge.tasks.base import TaskModule, _plain, as_records
+from lmforge.tasks.base import TaskModule, _plain, as_records, batched, length_order
 from lmforge.tasks.seq2seq.metrics import GeneratedText
 from lmforge.tasks.seq2seq.predictor import SERVE_KEY, Seq2SeqPredictor
 from lmforge.utils.errors import ConfigError
@@ -336,10 +336,8 @@ class Seq2SeqModule(TaskModule):
 
         # longest source first: a batch pads its sources little and its outputs, whose lengths follow the sources',
         # end at about the same step; the predictions go back in input order
-        order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
         with stage("generating predictions", total=len(examples), unit="inputs") as shown, torch.inference_mode():
-            for start in range(0, len(order), bs):
-                chunk = order[start: start + bs]
+            for chunk in batched(length_order(examples), bs):
                 batch = datamodule.collate([examples[i] for i in chunk])
                 texts = generate_ids(self.trainable(), batch["input_ids"], batch["attention_mask"],
                                      datamodule.tokenizer, self.generation)
