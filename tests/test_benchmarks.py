@@ -82,7 +82,7 @@ def test_run_all_smoke_writes_its_table(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| causal-LM"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "plain PyTorch loop" and cells[2].endswith("x") and float(cells[2][:-1]) > 0
-    assert cells[3] == "-"  # the plain loop's benchmark measures no CPU time
+    assert cells[3].endswith("x") and float(cells[3][:-1]) > 0  # CPU time per token, plain over lmforge
     assert cells[8].startswith("ok")
 
 
